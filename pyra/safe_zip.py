@@ -1,0 +1,194 @@
+"""Safe extraction of an untrusted zip archive into a work directory.
+
+The whole archive is checked before anything is written: entry count, declared size,
+path traversal (``..``, absolute paths, drive letters), symlinks and encryption. Bytes
+actually written are counted too, so a zip whose headers lie about sizes still stops
+at the limit. ``__MACOSX`` metadata, hidden files and nested zips are not extracted;
+they are returned as skipped files with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MAX_ZIP_ENTRIES = 20_000        # files + folders in one archive
+DEFAULT_MAX_UNZIPPED_MB = 1024          # total uncompressed size
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000   # width * height of one image
+_CHUNK_BYTES = 1 << 20
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class DataError(ValueError):
+    """The user's data cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on untrusted input. ``from_env`` reads the ``PYRA_MAX_*`` overrides."""
+
+    max_zip_entries: int = DEFAULT_MAX_ZIP_ENTRIES
+    max_unzipped_bytes: int = DEFAULT_MAX_UNZIPPED_MB * 2**20
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        return cls(
+            max_zip_entries=_env_int("PYRA_MAX_ZIP_ENTRIES", DEFAULT_MAX_ZIP_ENTRIES),
+            max_unzipped_bytes=_env_int("PYRA_MAX_UNZIPPED_MB", DEFAULT_MAX_UNZIPPED_MB) * 2**20,
+            max_image_pixels=_env_int("PYRA_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+        )
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that was not used, with a short reason ("hidden file", "not an image: ...")."""
+
+    path: str     # relative to the dataset root, '/'-separated
+    reason: str
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} must be a positive integer") from None
+    if value <= 0:
+        raise ValueError(f"environment variable {name}={raw!r} must be a positive integer")
+    return value
+
+
+def ignored_reason(parts: tuple[str, ...]) -> str | None:
+    """Why a relative path is ignored without being opened (macOS metadata, hidden), or None."""
+    if "__MACOSX" in parts:
+        return "macOS metadata (__MACOSX)"
+    if any(part.startswith(".") for part in parts):
+        return "hidden file"
+    return None
+
+
+def _entry_parts(info: zipfile.ZipInfo, archive: str) -> tuple[str, ...]:
+    """Split an entry name into safe path parts, or raise DataError for an unsafe name."""
+    name = info.filename.replace("\\", "/")
+    parts = tuple(part for part in name.split("/") if part not in ("", "."))
+    unsafe = (
+        name.startswith("/")
+        or _DRIVE.match(name) is not None
+        or ".." in parts
+        or "\x00" in name
+    )
+    if unsafe:
+        raise DataError(
+            f"{archive}: unsafe entry {info.filename!r} (absolute path, drive letter or '..'). "
+            "Re-create the zip from the folder itself, with relative paths only."
+        )
+    if stat.S_ISLNK(info.external_attr >> 16):
+        raise DataError(
+            f"{archive}: entry {info.filename!r} is a symbolic link. "
+            "Replace links with the real files and zip again."
+        )
+    if info.flag_bits & 0x1:
+        raise DataError(f"{archive}: entry {info.filename!r} is password-protected. Zip it without a password.")
+    return parts
+
+
+def _check_archive(zf: zipfile.ZipFile, archive: str, limits: Limits) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
+    """Validate every entry before extracting anything; returns (entry, parts) pairs."""
+    infos = zf.infolist()
+    if len(infos) > limits.max_zip_entries:
+        raise DataError(
+            f"{archive}: {len(infos)} entries, more than the limit of {limits.max_zip_entries}. "
+            "Use fewer images (or raise PYRA_MAX_ZIP_ENTRIES)."
+        )
+    total = sum(info.file_size for info in infos)
+    if total > limits.max_unzipped_bytes:
+        raise DataError(
+            f"{archive}: {total / 2**20:.0f} MB uncompressed, more than the limit of "
+            f"{limits.max_unzipped_bytes / 2**20:.0f} MB. Use fewer or smaller images "
+            "(or raise PYRA_MAX_UNZIPPED_MB)."
+        )
+    return [(info, _entry_parts(info, archive)) for info in infos]
+
+
+def _copy_capped(src, dst, budget: int, archive: str, name: str) -> int:
+    """Copy a stream in chunks; returns bytes written, raises once `budget` is exceeded."""
+    written = 0
+    while chunk := src.read(_CHUNK_BYTES):
+        written += len(chunk)
+        if written > budget:
+            raise DataError(
+                f"{archive}: {name!r} expands beyond the size limit (the zip's sizes are wrong). "
+                "Re-create the zip (or raise PYRA_MAX_UNZIPPED_MB)."
+            )
+        dst.write(chunk)
+    return written
+
+
+def extract_zip(zip_path: Path, workdir: Path, limits: Limits) -> tuple[Path, list[SkippedFile]]:
+    """Extract `zip_path` into a new folder inside `workdir`; returns (folder, skipped files).
+
+    Nothing is written unless every entry passes the checks; on any error the new
+    folder is removed again.
+    """
+    archive = zip_path.name
+    if not zip_path.is_file():
+        raise DataError(f"{zip_path}: file not found. Check the path.")
+    if not zipfile.is_zipfile(zip_path):
+        raise DataError(f"{archive}: not a zip archive, or truncated. Upload a .zip with one folder per class.")
+    workdir.mkdir(parents=True, exist_ok=True)
+    root: Path | None = None
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            entries = _check_archive(zf, archive, limits)
+            root = Path(tempfile.mkdtemp(prefix="dataset-", dir=workdir)).resolve()
+            return root, _extract_entries(zf, entries, root, archive, limits)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
+        _remove(root)
+        raise DataError(f"{archive}: corrupt or truncated zip ({error}). Re-create and upload it again.") from None
+    except OSError as error:
+        _remove(root)
+        raise DataError(f"{archive}: could not extract ({error}). Check the zip's folder structure.") from None
+    except BaseException:
+        _remove(root)
+        raise
+
+
+def _extract_entries(zf: zipfile.ZipFile, entries: list[tuple[zipfile.ZipInfo, tuple[str, ...]]],
+                     root: Path, archive: str, limits: Limits) -> list[SkippedFile]:
+    """Write checked entries under `root`; returns the entries deliberately left out."""
+    skipped: list[SkippedFile] = []
+    budget = limits.max_unzipped_bytes
+    for info, parts in entries:
+        if not parts:
+            continue
+        reason = ignored_reason(parts)
+        if reason is None and not info.is_dir() and parts[-1].lower().endswith(".zip"):
+            reason = "nested zip archive (not extracted); put its images in the main zip"
+        if reason is not None:
+            if not info.is_dir():
+                skipped.append(SkippedFile("/".join(parts), reason))
+            continue
+        target = root.joinpath(*parts)
+        assert target.resolve().is_relative_to(root), target  # guaranteed by _entry_parts
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, open(target, "wb") as dst:
+            budget -= _copy_capped(src, dst, budget, archive, info.filename)
+    return skipped
+
+
+def _remove(folder: Path | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
