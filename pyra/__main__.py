@@ -1,0 +1,3 @@
+from pyra.cli import main
+
+raise SystemExit(main())
