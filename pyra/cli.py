@@ -35,9 +35,13 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         description="Time four copies of one random-init model (timm, patched r=0, ToMe, PYRA), "
         "interleaved, and report them next to their exact FLOPs.",
     )
-    parser.add_argument("--backbone", default="vit_base_patch16_224", help="timm ViT name, or 'default' (shipped DINOv2 ViT-S/14)")
+    parser.add_argument(
+        "--backbone", default="vit_base_patch16_224", help="timm ViT name, or 'default' (shipped DINOv2 ViT-S/14)"
+    )
     parser.add_argument("--img-size", type=int, default=224, help="input size in pixels (default 224)")
-    parser.add_argument("--schedule", default="high", help="low, high, r, r1,r2,..., a FLOPs ratio like 2.5, or r@inflection")
+    parser.add_argument(
+        "--schedule", default="high", help="low, high, r, r1,r2,..., a FLOPs ratio like 2.5, or r@inflection"
+    )
     parser.add_argument("--batch", type=int, default=8, help="images per forward for throughput (default 8)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--repeats", type=int, default=7, help="recorded interleaved rounds (default 7)")
@@ -100,5 +104,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if isinstance(error, USER_ERRORS):
             print(f"pyra {args.command}: error: {_one_line(error)}", file=sys.stderr)
             return 2
-        print(f"pyra {args.command}: unexpected {type(error).__name__}: {_one_line(error)} (rerun with --traceback)", file=sys.stderr)
+        message = f"unexpected {type(error).__name__}: {_one_line(error)} (rerun with --traceback for details)"
+        print(f"pyra {args.command}: {message}", file=sys.stderr)
         return 1

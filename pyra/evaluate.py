@@ -99,7 +99,9 @@ def classification_report(predictions: "Predictions", classes: Sequence[str]) ->
 
 
 @contextmanager
-def merge_setting(model: nn.Module, schedule: Optional[ScheduleSpec] = None, method: Optional[Method] = None) -> Iterator[nn.Module]:
+def merge_setting(
+    model: nn.Module, schedule: Optional[ScheduleSpec] = None, method: Optional[Method] = None
+) -> Iterator[nn.Module]:
     """Run a block with `model` merging at `schedule` / `method`, then restore its own setting.
 
     Nothing changes when both are None. A method alone keeps the current schedule; a

@@ -17,6 +17,7 @@ METHOD_NAMES = {
 }
 METHOD_COLOURS = {"uncompressed": "#444444", "tome": "#9aa6b2", "tome_trained": "#1f77b4", "pyra": "#d62728"}
 _PALETTE = qualitative.Plotly
+_EXACT_TSNE_MAX = 500  # points up to which exact t-SNE beats Barnes-Hut on CPU
 
 
 def method_name(method: str) -> str:
@@ -31,7 +32,8 @@ def gate_histogram(channel_gate: Tensor) -> go.Figure:
     """Histogram of PYRA channel-gate values in (0, 2) ([D], or any shape: values are flattened);
     the dashed line at 1 is "no re-activation"."""
     values = channel_gate.detach().float().cpu().numpy().reshape(-1)
-    figure = go.Figure(go.Histogram(x=values, xbins=dict(start=0.0, end=2.0, size=0.05), marker_color="#7f7f7f", name="channels"))
+    bins = dict(start=0.0, end=2.0, size=0.05)
+    figure = go.Figure(go.Histogram(x=values, xbins=bins, marker_color="#7f7f7f", name="channels"))
     figure.add_vline(x=1.0, line_dash="dash", line_color="#d62728")
     figure.update_layout(
         title=f"PYRA channel gate ({values.size} channels)",
@@ -47,34 +49,31 @@ def training_curves(history: Sequence[dict]) -> go.Figure:
 
     history mixes step items {"step", "loss", "lr", "epoch"} and epoch items {"epoch",
     "val_accuracy"}, in any order. An epoch's accuracy is drawn at the last step logged with
-    that epoch number; if some epoch has no such step, accuracies go on their own top axis
-    (by epoch) instead.
+    that epoch number; if some epoch has no such step, accuracies are drawn by epoch on a top
+    axis instead (or on the bottom axis when there are no step items at all).
     """
     steps = sorted((item for item in history if "loss" in item and "step" in item), key=lambda item: item["step"])
-    evals = sorted((item for item in history if "val_accuracy" in item and "epoch" in item), key=lambda item: item["epoch"])
+    evals = sorted((item for item in history if "val_accuracy" in item and "epoch" in item), key=lambda e: e["epoch"])
     figure = make_subplots(specs=[[{"secondary_y": True}]])
-    figure.add_trace(
-        go.Scatter(x=[s["step"] for s in steps], y=[s["loss"] for s in steps], mode="lines", name="training loss", line_color="#1f77b4"),
-        secondary_y=False,
-    )
-    if evals:
-        last_step = {}
-        for item in steps:
-            if "epoch" in item:
-                last_step[item["epoch"]] = item["step"]
-        accuracy = [e["val_accuracy"] for e in evals]
-        aligned = all(e["epoch"] in last_step for e in evals)
-        x = [last_step[e["epoch"]] for e in evals] if aligned else [e["epoch"] for e in evals]
-        trace = go.Scatter(x=x, y=accuracy, mode="lines+markers", name="validation accuracy", line_color="#d62728",
-                           customdata=[e["epoch"] for e in evals], hovertemplate="epoch %{customdata}: %{y}<extra></extra>")
-        figure.add_trace(trace, secondary_y=True)
-        if not aligned:
-            trace.update(xaxis="x2")
-            figure.update_layout(xaxis2=dict(title="epoch", overlaying="x", side="top"))
-        figure.update_yaxes(title_text="validation accuracy", secondary_y=True, **_accuracy_axis(accuracy))
-    figure.update_xaxes(title_text="step")
+    loss = go.Scatter(x=[s["step"] for s in steps], y=[s["loss"] for s in steps], mode="lines", name="training loss")
+    figure.add_trace(loss.update(line_color="#1f77b4"), secondary_y=False)
+    figure.update_layout(title="Training", xaxis_title="step" if steps else "epoch")
+    figure.update_layout(legend=dict(orientation="h", y=-0.2))
     figure.update_yaxes(title_text="loss", secondary_y=False)
-    figure.update_layout(title="Training", legend=dict(orientation="h", y=-0.2))
+    if not evals:
+        return figure
+    last_step = {item["epoch"]: item["step"] for item in steps if "epoch" in item}  # steps are sorted
+    epochs = [e["epoch"] for e in evals]
+    by_step = bool(steps) and all(epoch in last_step for epoch in epochs)
+    accuracy = [e["val_accuracy"] for e in evals]
+    trace = go.Scatter(x=[last_step[e] for e in epochs] if by_step else epochs, y=accuracy, mode="lines+markers",
+                       name="validation accuracy", line_color="#d62728", customdata=epochs,
+                       hovertemplate="epoch %{customdata}: %{y}<extra></extra>")
+    figure.add_trace(trace, secondary_y=True)
+    if steps and not by_step:
+        figure.data[-1].update(xaxis="x2")
+        figure.update_layout(xaxis2=dict(title="epoch", overlaying="x", side="top"))
+    figure.update_yaxes(title_text="validation accuracy", secondary_y=True, **_accuracy_axis(accuracy))
     return figure
 
 
@@ -89,7 +88,7 @@ def accuracy_vs_throughput(rows: Sequence[dict], highlight: Optional[dict] = Non
         accuracy = np.array([row["accuracy"] for row in points], dtype=float)
         high = np.array([row.get("accuracy_high", row["accuracy"]) for row in points], dtype=float)
         low = np.array([row.get("accuracy_low", row["accuracy"]) for row in points], dtype=float)
-        chosen = [highlight is not None and highlight.get("method") == method and highlight.get("schedule_label") == row["schedule_label"] for row in points]
+        chosen = [_is_highlight(highlight, method, row["schedule_label"]) for row in points]
         figure.add_trace(go.Scatter(
             x=[row["throughput"] for row in points],
             y=accuracy,
@@ -97,7 +96,7 @@ def accuracy_vs_throughput(rows: Sequence[dict], highlight: Optional[dict] = Non
             mode="lines+markers",
             name=method_name(method),
             line_color=method_colour(method, position),
-            marker=dict(size=[18 if c else 8 for c in chosen], line=dict(width=[2 if c else 0 for c in chosen], color="black")),
+            marker=dict(size=[18 if c else 8 for c in chosen], line=dict(width=[2 if c else 0 for c in chosen])),
             text=[row["schedule_label"] for row in points],
             hovertemplate="%{text}<br>%{x:.1f} img/s<br>accuracy %{y}<extra>" + method_name(method) + "</extra>",
         ))
@@ -113,7 +112,8 @@ def confusion_matrix_figure(confusion: Sequence[Sequence[int]], classes: Sequenc
     """Heatmap of counts: rows are true classes (top to bottom), columns predicted classes."""
     counts = np.asarray(confusion)
     if counts.shape != (len(classes), len(classes)):
-        raise ValueError(f"confusion matrix is {counts.shape}, expected {len(classes)}x{len(classes)} for {len(classes)} classes")
+        size = len(classes)
+        raise ValueError(f"confusion matrix is {counts.shape}, expected {size}x{size} for {size} classes")
     figure = go.Figure(go.Heatmap(
         z=counts, x=list(classes), y=list(classes), colorscale="Blues", texttemplate="%{z}",
         hovertemplate="true %{y}<br>predicted %{x}<br>%{z} images<extra></extra>",
@@ -136,7 +136,9 @@ def per_class_accuracy_figure(per_class: dict[str, dict[str, float]]) -> go.Figu
     return figure
 
 
-def tsne_figure(features_by_method: dict[str, np.ndarray], labels: np.ndarray, classes: Sequence[str], seed: int = 0) -> go.Figure:
+def tsne_figure(
+    features_by_method: dict[str, np.ndarray], labels: np.ndarray, classes: Sequence[str], seed: int = 0
+) -> go.Figure:
     """2-D t-SNE of each method's features ([n, D]), one subplot per method, coloured by class.
 
     labels: [n] class indices into `classes`. Perplexity min(30, (n - 1) / 3), PCA init, seeded.
@@ -151,9 +153,14 @@ def tsne_figure(features_by_method: dict[str, np.ndarray], labels: np.ndarray, c
     for column, method in enumerate(methods, start=1):
         features = np.asarray(features_by_method[method], dtype=np.float64)
         if features.ndim != 2 or features.shape[0] != labels.shape[0] or features.shape[0] < 4:
-            raise ValueError(f"{method}: features must be [n, D] with n = {labels.shape[0]} labels and n >= 4, got {features.shape}")
+            raise ValueError(
+                f"{method}: features must be [n, D] with n = {labels.shape[0]} (one per label) and n >= 4, "
+                f"got {features.shape}"
+            )
         perplexity = min(30.0, (features.shape[0] - 1) / 3)
-        embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+        algorithm = "exact" if features.shape[0] <= _EXACT_TSNE_MAX else "barnes_hut"
+        tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, method=algorithm)
+        embedded = tsne.fit_transform(features)
         for index, name in enumerate(classes):
             chosen = labels == index
             if not chosen.any():
@@ -166,6 +173,12 @@ def tsne_figure(features_by_method: dict[str, np.ndarray], labels: np.ndarray, c
     figure.update_yaxes(showticklabels=False)
     figure.update_layout(title="t-SNE of features")
     return figure
+
+
+def _is_highlight(highlight: Optional[dict], method: str, schedule_label: str) -> bool:
+    if highlight is None:
+        return False
+    return (highlight.get("method"), highlight.get("schedule_label")) == (method, schedule_label)
 
 
 def _accuracy_axis(values: Sequence[float]) -> dict:

@@ -22,7 +22,7 @@ Colour = tuple[int, int, int]
 OUTLINE: Colour = (25, 25, 25)
 SET_A: Colour = (235, 120, 20)  # even positions: candidate sources
 SET_B: Colour = (35, 105, 215)  # odd positions: candidate destinations
-_SIMILARITY_STOPS: list[Colour] = [(252, 187, 161), (203, 24, 29), (103, 0, 13)]  # low -> high
+_SIMILARITY_STOPS: list[Colour] = [(244, 150, 115), (203, 24, 29), (103, 0, 13)]  # low -> high
 _GATE_STOPS: list[Colour] = [(33, 102, 172), (150, 150, 150), (178, 24, 43)]  # -g -> 0 -> +g
 
 
@@ -39,9 +39,9 @@ def token_map(
     pixels = _rgb_array(image)
     labels = _pixel_labels(_patch_labels(source, grid, num_prefix), pixels.shape[:2])  # [H, W]
     flat = labels.ravel()
-    count = np.bincount(flat)
-    mean = np.stack([np.bincount(flat, weights=pixels[..., c].ravel().astype(np.float64)) for c in range(3)], axis=-1)
-    mean = mean / np.maximum(count, 1)[:, None]
+    count = np.bincount(flat)  # pixels per group
+    total = np.stack([np.bincount(flat, weights=pixels[..., c].ravel().astype(np.float64)) for c in range(3)], -1)
+    mean = total / np.maximum(count, 1)[:, None]  # [groups, 3]
     painted = np.rint(mean[labels]).astype(np.uint8)  # [H, W, 3]
     if outline:
         painted[_boundaries(labels)] = OUTLINE
@@ -136,8 +136,8 @@ def layer_inspector(
     draw = ImageDraw.Draw(canvas)
     widths = _normalise(values[0])
     for (a, b), w, colour_at in zip(pairs, widths, _normalise(values[1], symmetric=token_gate is not None)):
-        a, b = a - num_prefix, b - num_prefix
-        draw.line([tuple(centres[a]), tuple(centres[b])], fill=_interpolate(colour_scale, colour_at), width=1 + round(3 * w))
+        start, end = tuple(centres[a - num_prefix]), tuple(centres[b - num_prefix])
+        draw.line([start, end], fill=_interpolate(colour_scale, colour_at), width=2 + round(3 * w))
     patch_px = min(height / grid[0], width / grid[1])
     sources_merged = {a for a, _ in pairs}
     for t, ((x, y), n) in enumerate(zip(centres, token_sizes)):
@@ -254,7 +254,10 @@ def _one_image(source: Tensor) -> Tensor:
     if source.ndim == 3 and source.shape[0] == 1:
         source = source[0]
     if source.ndim != 2:
-        raise ValueError(f"expected one image's [N_l, N_0] source map, got shape {tuple(source.shape)}; index the batch, e.g. sources[l][0]")
+        raise ValueError(
+            f"expected one image's [N_l, N_0] source map, got shape {tuple(source.shape)}; "
+            "index the batch, e.g. sources[l][0]"
+        )
     return source
 
 

@@ -8,7 +8,7 @@ import timm
 import torch
 
 import pyra
-from pyra import vis
+from pyra import token_maps, vis
 
 GRID, PATCH, PREFIX = (4, 4), 8, 1  # 32 x 32 image, 16 patches + class token
 
@@ -48,8 +48,8 @@ def test_merged_patches_share_their_size_weighted_mean(image):
     for col in (1, 2):
         assert np.abs(patch_pixels(out, 1, col) - expected).max() <= 1
     outlined = np.asarray(vis.token_map(image, source, GRID, PREFIX))
-    assert not (outlined[PATCH + 3, 2 * PATCH] == vis.token_maps.OUTLINE).all()  # no line inside a group
-    assert (outlined[PATCH + 3, 3 * PATCH] == vis.token_maps.OUTLINE).all()  # a line between groups
+    assert not (outlined[PATCH + 3, 2 * PATCH] == token_maps.OUTLINE).all()  # no line inside a group
+    assert (outlined[PATCH + 3, 3 * PATCH] == token_maps.OUTLINE).all()  # a line between groups
 
 
 def test_bad_grid_is_reported(image):
@@ -70,7 +70,7 @@ def test_traced_forward_gives_panel_and_inspector():
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, num_classes=3).eval()
     pyra.patch(model, "pyra", 2, trace_source=True)
     with torch.no_grad():
-        for block in model.blocks:
+        for block in model.blocks[:8]:  # 17 tokens merge 2 at a time for 8 layers
             block.pyra.w_d.normal_(0, 0.1)  # non-zero token gates
         model(torch.randn(1, 3, 64, 64))
     grid, prefix = model.patch_embed.grid_size, model.num_prefix_tokens
@@ -89,7 +89,7 @@ def test_traced_forward_gives_panel_and_inspector():
     plain = vis.layer_inspector(picture, record.matching, before, grid, prefix, size=256)
     assert plain.size == inspector.size
     with pytest.raises(ValueError, match="ENTERING"):
-        vis.layer_inspector(picture, records[-1].matching, sources[-1], grid, prefix)
+        vis.layer_inspector(picture, records[7].matching, sources[7], grid, prefix)  # 3 -> 1 tokens
 
 
 def test_gate_histogram():
@@ -142,3 +142,8 @@ def test_tsne_one_subplot_per_method():
     assert len(figure.data) == 2 * 3
     assert {trace.xaxis for trace in figure.data} == {"x", "x2"}
     assert sum(trace.showlegend for trace in figure.data) == 3
+
+
+def test_training_curves_from_epochs_only():
+    figure = vis.training_curves([{"epoch": 1, "val_accuracy": 0.4}, {"epoch": 2, "val_accuracy": 0.6}])
+    assert len(figure.data) == 2 and list(figure.data[1].x) == [1, 2] and figure.layout.xaxis.title.text == "epoch"

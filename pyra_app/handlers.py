@@ -1,0 +1,449 @@
+"""Event handlers: translate Gradio values into `pyra` calls and engine results into UI values.
+
+Every handler takes the session `Session` (from ``gr.State``) first and returns it when it
+changes it. Engine errors are `ValueError`s with a message written for users
+(DataError, CheckpointError, BackboneError, ...): they reach the browser as `gr.Error`
+pop-ups or status lines, never as tracebacks. Nothing here touches tensors.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from pyra_app import views
+from pyra_app.session import Session, end_session_by_hash, open_session
+
+log = logging.getLogger("pyra_app")
+
+UPDATE_EVERY_S = 0.5  # the training generator yields at most this often
+LOSS_COLUMNS = ["step", "loss", "run"]
+
+# The quick demo: built-in Fashion-MNIST subset, shipped DINOv2 ViT-S/14 at 112 px, small settings.
+QUICK_DEMO_DATA = {"sample": "fashion", "max_per_class": 16, "val_fraction": 0.25}
+QUICK_DEMO_TRAIN = views.TrainSettings(
+    backbone="default", weights=None, img_size=None, lora_rank=4, epochs=2, batch_size=16, lr=1e-3,
+    pyra_lr=1e-3, schedule="high", seeds="0", num_levels=3, bench_repeats=3,
+)
+
+
+class UserError(Exception):
+    """Raised inside handlers for input problems found by the UI itself."""
+
+
+def friendly_errors(handler: Callable) -> Callable:
+    """Turn engine ValueErrors into gr.Error pop-ups; log anything unexpected, show one line."""
+
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (ValueError, UserError) as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except Exception as error:  # a bug or an environment problem: keep the traceback in the log
+            log.exception("handler %s failed", handler.__name__)
+            raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}. Details are in the server log.",
+                           print_exception=False) from None
+
+    return wrapper
+
+
+def session_for(session: Optional[Session], request: Optional[gr.Request]) -> Session:
+    """The caller's session, with its work directory created on first use."""
+    return open_session(session, getattr(request, "session_hash", None))
+
+
+def end_of_session(request: gr.Request) -> None:
+    """Unload: the browser tab closed; remove the session's directory (a running job then stops)."""
+    end_session_by_hash(getattr(request, "session_hash", None))
+
+
+def _require_result(session: Optional[Session]) -> Any:
+    if session is None or session.result is None or not session.result.levels:
+        raise UserError("No comparison yet: train one on the Train tab (or press Quick demo) first.")
+    return session.result
+
+
+def _require_data(session: Optional[Session]) -> Any:
+    if session is None or session.data is None:
+        raise UserError("No dataset yet: load a sample or upload a zip on the Data tab first.")
+    return session.data
+
+
+# ---------------------------------------------------------------- data tab
+
+def _data_outputs(session: Session) -> tuple:
+    preview = views.data_preview(session.data)
+    counts = pd.DataFrame(preview.counts, columns=["class", "train images", "validation images"])
+    skipped = pd.DataFrame(preview.skipped, columns=["file", "reason"])
+    return (session, preview.summary, preview.gallery, counts, skipped, preview.warnings,
+            *validation_image_updates(session))
+
+
+def validation_image_updates(session: Session, pickers: int = 2) -> tuple:
+    """New choices for the validation-image dropdowns of the Token maps and Inside-a-layer tabs."""
+    data = session.data
+    choices = [] if data is None else [(f"{r.name} ({data.classes[r.label]})", i) for i, r in enumerate(data.val)]
+    return tuple(gr.Dropdown(choices=choices, value=None) for _ in range(pickers))
+
+
+@friendly_errors
+def load_sample(session: Optional[Session], sample: str, max_per_class: Any, val_fraction: float,
+                request: gr.Request) -> tuple:
+    """Load a built-in sample ("sample:NAME") into the session."""
+    from pyra.data import load_dataset
+
+    session = session_for(session, request)
+    if not sample:
+        raise UserError("Choose a sample first.")
+    cap = int(max_per_class) if max_per_class else None
+    session.data = load_dataset(f"sample:{sample}", session.data_dir(), val_fraction=float(val_fraction),
+                                max_per_class=cap)
+    return _data_outputs(session)
+
+
+@friendly_errors
+def load_zip(session: Optional[Session], zip_path: Optional[str], max_per_class: Any, val_fraction: float,
+             request: gr.Request) -> tuple:
+    """Load an uploaded zip (one folder per class) into the session."""
+    from pyra.data import load_dataset
+
+    session = session_for(session, request)
+    if not zip_path:
+        raise UserError("Upload a .zip file with one folder of images per class.")
+    cap = int(max_per_class) if max_per_class else None
+    session.data = load_dataset(Path(zip_path), session.data_dir(), val_fraction=float(val_fraction),
+                                max_per_class=cap)
+    return _data_outputs(session)
+
+
+# ---------------------------------------------------------------- train tab
+
+def _empty_losses() -> pd.DataFrame:
+    return pd.DataFrame({"step": pd.Series(dtype=int), "loss": pd.Series(dtype=float),
+                         "run": pd.Series(dtype=str)})
+
+
+def _run_compare_in_thread(session: Session, config: Any, out_dir: Path, events: queue.Queue) -> threading.Thread:
+    """Start `pyra.compare.run_compare` in a worker thread; progress and the outcome go to `events`."""
+    from pyra.compare import run_compare
+
+    data, cancel = session.data, session.cancel
+
+    def on_progress(progress: Any) -> None:
+        if not session.alive:  # the session ended (tab closed, directory removed): stop the job
+            cancel.set()
+        events.put(("progress", progress))
+
+    def work() -> None:
+        try:
+            events.put(("result", run_compare(data, config, out_dir, on_progress=on_progress, cancel=cancel)))
+        except Exception as error:  # handed to the generator, which shows it
+            events.put(("error", error))
+
+    thread = threading.Thread(target=work, name=f"compare-{out_dir.name}", daemon=True)
+    thread.start()
+    return thread
+
+
+def train(session: Optional[Session], backbone: str, weights: Optional[str], img_size: Any, lora_rank: Any,
+          epochs: Any, batch_size: Any, lr: Any, pyra_lr: Any, schedule: str, seeds: str, num_levels: Any,
+          bench_repeats: Any, request: gr.Request) -> Iterator[tuple]:
+    """Train uncompressed / ToMe / PYRA and sweep the levels; yields (session, status, loss chart).
+
+    The job runs in a worker thread; this generator relays its progress. Stop sets the
+    session's cancel event, which the engine checks every step.
+    """
+    session = session_for(session, request)
+    try:
+        _require_data(session)
+        settings = views.train_settings(backbone, weights, img_size, lora_rank, epochs, batch_size, lr,
+                                        pyra_lr, schedule, seeds, num_levels, bench_repeats)
+        config = views.compare_config(settings)
+    except (ValueError, UserError) as error:
+        raise gr.Error(str(error), print_exception=False) from None
+    except Exception as error:  # a bug or a broken install: keep the traceback in the log
+        log.exception("could not prepare the comparison")
+        raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}. Details are in the server log.",
+                       print_exception=False) from None
+
+    session.cancel.clear()
+    events: queue.Queue = queue.Queue()
+    out_dir = session.new_run_dir()
+    start = time.monotonic()
+    losses: list[dict] = []
+    status = "**Starting**: building the models..."
+    yield session, status, _empty_losses()
+    thread = _run_compare_in_thread(session, config, out_dir, events)
+    outcome: Optional[tuple[str, Any]] = None
+    last_yield = 0.0
+    try:
+        while outcome is None:
+            try:
+                kind, payload = events.get(timeout=UPDATE_EVERY_S)
+            except queue.Empty:
+                kind, payload = "tick", None
+            if kind == "progress":
+                status = views.progress_status(payload, time.monotonic() - start)
+                if payload.loss is not None and payload.step is not None and payload.stage.startswith("train"):
+                    losses.append({"step": payload.step, "loss": payload.loss, "run": payload.stage})
+            elif kind in ("result", "error"):
+                outcome = (kind, payload)
+                break
+            if time.monotonic() - last_yield >= UPDATE_EVERY_S:
+                last_yield = time.monotonic()
+                yield session, status, pd.DataFrame(losses, columns=LOSS_COLUMNS)
+    finally:  # the generator is closed early (client gone, server stopping): stop the worker too
+        if outcome is None:
+            session.cancel.set()
+    thread.join(timeout=5)
+    yield _finish(session, outcome, losses, time.monotonic() - start)
+
+
+def _finish(session: Session, outcome: tuple[str, Any], losses: list[dict], elapsed_s: float) -> tuple:
+    kind, payload = outcome
+    chart = pd.DataFrame(losses, columns=LOSS_COLUMNS)
+    if kind == "error":
+        if isinstance(payload, ValueError):
+            raise gr.Error(f"Training failed: {payload}", print_exception=False)
+        log.error("comparison failed", exc_info=payload)
+        raise gr.Error(f"Training failed unexpectedly ({type(payload).__name__}: {payload}). "
+                       "Details are in the server log.", print_exception=False)
+    if payload.status == "completed":
+        session.result = payload
+    elif payload.status != "cancelled":
+        gr.Warning(f"Training {payload.status}: {payload.message}")
+    return session, views.result_status(payload, elapsed_s), chart
+
+
+def stop(session: Optional[Session]) -> str:
+    """Ask the running job to stop after its current step."""
+    if session is None:
+        return "Nothing is running."
+    session.cancel.set()
+    return "**Stopping** after the current step..."
+
+
+def quick_demo_settings(session: Optional[Session], request: gr.Request) -> tuple:
+    """Load the quick demo's data and fill the Train controls with its settings."""
+    session = session_for(session, request)
+    data = load_sample(session, QUICK_DEMO_DATA["sample"], QUICK_DEMO_DATA["max_per_class"],
+                       QUICK_DEMO_DATA["val_fraction"], request)
+    s = QUICK_DEMO_TRAIN
+    controls = (QUICK_DEMO_DATA["sample"], QUICK_DEMO_DATA["max_per_class"], s.backbone, None, s.img_size or 0,
+                s.lora_rank, s.epochs, s.batch_size, s.lr, s.pyra_lr, s.schedule, s.seeds, s.num_levels,
+                s.bench_repeats)
+    return (*data, *controls)
+
+
+def buttons_busy() -> tuple:
+    return gr.Button(interactive=False), gr.Button(interactive=False), gr.Button(interactive=True)
+
+
+def buttons_idle() -> tuple:
+    return gr.Button(interactive=True), gr.Button(interactive=True), gr.Button(interactive=False)
+
+
+# ---------------------------------------------------------------- compare tab
+
+def _slider_update(result: Any) -> gr.Slider:
+    last = len(result.levels) - 1
+    return gr.Slider(minimum=0, maximum=max(last, 1), value=last, step=1, interactive=last > 0,
+                     label=f"Compression level (0 = uncompressed, {last} = the trained target)")
+
+
+@friendly_errors
+def select_level(session: Optional[Session], level: Any) -> tuple:
+    """Everything the Compare tab shows at one level, from the cached result (no recomputation)."""
+    from pyra.vis import accuracy_vs_throughput
+
+    result = _require_result(session)
+    index = min(max(int(round(float(level or 0))), 0), len(result.levels) - 1)
+    rows = result.rows_at(index)
+    table = pd.DataFrame(views.compare_table(rows), columns=views.COMPARE_HEADERS)
+    chart = accuracy_vs_throughput(result.rows, highlight=views.highlight_point(rows))
+    return (views.level_description(result.levels[index], rows, len(result.levels)), table,
+            views.verdict_markdown(result.comparisons.get(index, [])), views.sample_size_hint(rows), chart)
+
+
+RESULT_OUTPUTS = 17  # components show_results updates (see pyra_app.ui)
+
+
+@friendly_errors
+def show_results(session: Optional[Session]) -> tuple:
+    """After training: refresh the Compare, Token maps, Inside-a-layer, Insights and Export tabs.
+
+    Without a finished comparison (the job was stopped before its first result) nothing changes.
+    """
+    if session is None or session.result is None or not session.result.levels:
+        return tuple(gr.skip() for _ in range(RESULT_OUTPUTS))
+    result = session.result
+    level_views = select_level(session, len(result.levels) - 1)
+    runs = views.run_choices(result.run_dirs)
+    depth = len(result.levels[-1].schedule)
+    layer = gr.Slider(minimum=1, maximum=depth, value=1, step=1, interactive=True, label=f"Layer (1-{depth})")
+    first_run = runs[0][1] if runs else None
+    return (
+        _slider_update(result), *level_views,
+        _slider_update(result), layer,  # token maps: level, layer
+        _slider_update(result), layer,  # inside a layer: level, layer
+        gr.Dropdown(choices=runs, value=first_run), *insights(session, first_run),
+        gr.Dropdown(choices=runs, value=first_run), *export_files(session),
+    )
+
+
+# ---------------------------------------------------------------- token maps / inside a layer
+
+def pick_validation_image(session: Optional[Session], index: Any) -> Optional[Image.Image]:
+    if session is None or session.data is None or index is None or index == "":
+        return None
+    return session.data.val[int(index)].load()
+
+
+def pick_example_photo(name: Optional[str]) -> Optional[Image.Image]:
+    from pyra.samples import example_photos
+
+    return example_photos().get(name) if name else None
+
+
+def _level_schedule(result: Any, level: Any) -> list[int]:
+    index = min(max(int(round(float(level or 0))), 0), len(result.levels) - 1)
+    return list(result.levels[index].schedule)
+
+
+def _run_dir(result: Any, method: str) -> Path:
+    """The first seed's run of `method` ("pyra" | "tome" | "uncompressed")."""
+    keys = [key for key in result.run_dirs if key.partition("@")[0] == method]
+    if not keys:
+        raise UserError(f"this comparison has no {views.METHOD_LABELS.get(method, method)} run")
+    return Path(result.run_dirs[keys[0]])
+
+
+def _tokens_table(tokens: list[int], schedule: list[int]) -> pd.DataFrame:
+    rows = [[i + 1, tokens[i], schedule[i], tokens[i + 1]] for i in range(len(schedule))]
+    return pd.DataFrame(rows, columns=["layer", "tokens in", "merged (r)", "tokens out"])
+
+
+@friendly_errors
+def show_token_maps(session: Optional[Session], image: Optional[Image.Image], level: Any, layer: Any) -> tuple:
+    """ToMe + LoRA and PYRA + LoRA merged-token maps of `image` at one level (both runs, first seed)."""
+    from pyra.explain import token_maps
+
+    result = _require_result(session)
+    if image is None:
+        raise UserError("Pick a validation image or an example photo, or upload an image.")
+    schedule = _level_schedule(result, level)
+    maps = {method: token_maps(_run_dir(result, method), image, schedule=schedule, method=method)
+            for method in ("tome", "pyra")}
+    layer_images = show_layer_maps(maps, layer)
+    return (maps, maps["tome"].panel, maps["pyra"].panel, *layer_images,
+            _tokens_table(list(maps["pyra"].tokens), list(maps["pyra"].schedule)))
+
+
+def show_layer_maps(maps: Optional[dict], layer: Any) -> tuple:
+    """The two maps after one layer (1-based), from the cached token maps."""
+    if not maps:
+        return None, None
+    images = []
+    for method in ("tome", "pyra"):
+        layers = getattr(maps[method], "layers", None)
+        if not layers:
+            images.append(None)
+            continue
+        images.append(layers[min(max(int(layer or 1), 1), len(layers)) - 1])
+    return tuple(images)
+
+
+@friendly_errors
+def inspect(session: Optional[Session], image: Optional[Image.Image], method_label: str, level: Any,
+            layer: Any) -> tuple:
+    """Inside one layer: sets A/B, chosen merges, PYRA gates, and the formulas."""
+    from pyra.explain import inspect_layer
+
+    result = _require_result(session)
+    if image is None:
+        raise UserError("Pick a validation image or an example photo, or upload an image.")
+    method = "pyra" if "PYRA" in (method_label or "PYRA") else "tome"
+    view = inspect_layer(_run_dir(result, method), image, int(layer or 1) - 1,
+                         schedule=_level_schedule(result, level), method=method)
+    pairs = pd.DataFrame(view.pairs, columns=["source_token", "destination_token", "similarity", "token_gate"])
+    summary = (f"**Layer {int(layer or 1)}**: {view.tokens_in} tokens in, {view.r} merged "
+               f"({views.METHOD_LABELS[method]}).")
+    if view.gate_histogram is None and method == "pyra" and view.r:
+        summary += " No gate values were recorded for this layer."
+    return view.image, view.gate_histogram, pairs, summary + "\n\n" + view.explanation
+
+
+# ---------------------------------------------------------------- insights / export
+
+def insights(session: Optional[Session], run_key: Optional[str]) -> tuple:
+    """Training curve of one run, confusion matrix of its method, per-class accuracy of all methods."""
+    from pyra.vis import confusion_matrix_figure, per_class_accuracy_figure, training_curves
+
+    result = session.result if session is not None else None
+    if result is None or not run_key:
+        return None, None, None, "No comparison yet."
+    method = run_key.partition("@")[0]
+    curve = training_curves(result.histories.get(run_key, []))
+    reports = result.reports or {}
+    confusion = None
+    if method in reports:
+        report = reports[method]
+        confusion = confusion_matrix_figure(report["confusion"], report.get("classes") or result.classes,
+                                            f"{views.METHOD_LABELS.get(method, method)}: confusion at the target level")
+    per_class = None
+    if reports:
+        per_class = per_class_accuracy_figure({m: r["per_class_accuracy"] for m, r in reports.items()})
+    note = ("Confusion matrix and per-class accuracy are measured at the trained target level "
+            "(the last compression level), first seed." if reports else
+            "This comparison has no per-class reports.")
+    return curve, confusion, per_class, note
+
+
+@friendly_errors
+def tsne(session: Optional[Session]) -> tuple:
+    """t-SNE of the validation features of the uncompressed, ToMe and PYRA runs (first seed)."""
+    from pyra.checkpoint import load_run
+    from pyra.predict import dataset_for, predict
+    from pyra.vis import tsne_figure
+
+    result, data = _require_result(session), _require_data(session)
+    features, labels = {}, None
+    for method in ("uncompressed", "tome", "pyra"):
+        model, config = load_run(_run_dir(result, method))
+        predictions = predict(model, dataset_for(model, data.val, config.img_size), with_features=True)
+        features[method], labels = predictions.features, predictions.labels
+    if labels is None or len(labels) < 4:
+        raise UserError("t-SNE needs at least 4 validation images.")
+    return tsne_figure(features, labels, result.classes), "Features: pooled pre-logits of each model at its trained schedule."
+
+
+def export_files(session: Optional[Session]) -> tuple:
+    """compare.csv + compare.json of the latest comparison."""
+    result = session.result if session is not None else None
+    if result is None:
+        return (None,)
+    files = [str(Path(result.out_dir) / name) for name in ("compare.csv", "compare.json")]
+    return ([f for f in files if Path(f).is_file()] or None,)
+
+
+@friendly_errors
+def export_run(session: Optional[Session], run_key: Optional[str]) -> tuple:
+    """Zip one run's adapter (config.json + adapter.safetensors + metrics.json) for download."""
+    result = _require_result(session)
+    if not run_key or run_key not in result.run_dirs:
+        raise UserError("Choose a run to export.")
+    name = f"pyra-{run_key.replace('@', '-seed')}.zip"
+    path = views.export_run_zip(Path(result.run_dirs[run_key]), session.workdir / "exports" / name)
+    return str(path), views.python_snippet(run_key, name)

@@ -1,0 +1,375 @@
+"""Pure functions that turn engine objects into what the UI shows (text, tables, settings).
+
+No Gradio and no torch here: everything takes plain engine results (or duck-typed look-alikes)
+and returns strings, lists of rows, PIL images or engine config objects, so it is unit-tested
+without a server.
+"""
+from __future__ import annotations
+
+import math
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from PIL import Image
+
+from pyra.stats import min_detectable_difference
+
+METHOD_ORDER = ("uncompressed", "tome_free", "tome", "pyra")
+METHOD_LABELS = {
+    "uncompressed": "LoRA, uncompressed",
+    "tome_free": "ToMe training-free",
+    "tome": "ToMe + LoRA",
+    "pyra": "PYRA + LoRA",
+}
+COMPARE_HEADERS = [
+    "Method", "Accuracy [95% interval]", "Latency ms, batch 1: median [p25-p75]",
+    "Throughput img/s: median [p25-p75]", "GFLOPs / image", "FLOPs ratio", "Threads",
+]
+RUN_FILES = ("config.json", "adapter.safetensors", "metrics.json")
+TOO_FEW_POINTS = 5.0  # a minimum detectable difference above this many points earns a warning
+PREVIEW_SIZE = 96  # pixels: tiny sample images are upscaled for the gallery
+
+
+# ---------------------------------------------------------------- data tab
+
+@dataclass(frozen=True)
+class DataPreview:
+    summary: str  # Markdown
+    gallery: list[tuple[Image.Image, str]]  # (image, caption), a few per class
+    counts: list[list[Any]]  # class, train, val
+    skipped: list[list[str]]  # file, reason
+    warnings: str  # Markdown, "" when there are none
+
+
+def data_preview(split: Any, per_class: int = 4) -> DataPreview:
+    """What the Data tab shows about a loaded `pyra.data.DatasetSplit`."""
+    counts = [[name, n_train, n_val] for name, (n_train, n_val) in split.class_counts().items()]
+    total_train, total_val = len(split.train), len(split.val)
+    summary = (
+        f"**{split.source}**: {len(split.classes)} classes, {total_train + total_val} images "
+        f"({total_train} train / {total_val} validation)."
+    )
+    if split.skipped:
+        summary += f" {len(split.skipped)} files skipped (listed below with the reason)."
+    warnings = "\n".join(f"- {text}" for text in split.warnings)
+    return DataPreview(
+        summary=summary,
+        gallery=preview_images(split.train + split.val, split.classes, per_class),
+        counts=counts,
+        skipped=[[item.path, item.reason] for item in split.skipped],
+        warnings=f"**Warnings**\n\n{warnings}" if warnings else "",
+    )
+
+
+def preview_images(records: Sequence[Any], classes: Sequence[str], per_class: int) -> list[tuple[Image.Image, str]]:
+    """The first `per_class` images of every class, captioned with the class name."""
+    chosen: dict[int, list[Any]] = {label: [] for label in range(len(classes))}
+    for record in records:
+        if len(chosen[record.label]) < per_class:
+            chosen[record.label].append(record)
+    return [(display_image(record.load()), classes[label]) for label, items in chosen.items() for record in items]
+
+
+def display_image(image: Image.Image, size: int = PREVIEW_SIZE) -> Image.Image:
+    """Upscale tiny images (28x28 samples) with sharp pixels so the gallery shows them clearly."""
+    if max(image.size) >= size:
+        return image
+    scale = max(1, size // max(image.size))
+    return image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+
+
+def sample_choices(samples: Iterable[Any]) -> list[tuple[str, str]]:
+    """Dropdown (label, value) pairs for `pyra.samples.list_samples()`."""
+    return [(f"{s.name}: {s.description} ({s.num_images} images)", s.name) for s in samples]
+
+
+# ---------------------------------------------------------------- train tab
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """The Train tab's controls, as typed values."""
+
+    backbone: str = "default"
+    weights: Optional[str] = None  # uploaded weights file for a timm architecture
+    img_size: Optional[int] = None  # None: the backbone's default
+    lora_rank: int = 4
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    pyra_lr: float = 1e-3
+    schedule: str = "high"
+    seeds: str = "0"
+    num_levels: int = 5
+    bench_repeats: int = 5
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """ "0" / "0, 1, 2" / "0 1 2" -> (0, 1, 2); at least one, no duplicates."""
+    parts = [p for p in str(text).replace(",", " ").split() if p]
+    try:
+        seeds = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"seeds: {text!r} is not a list of whole numbers; write e.g. 0 or 0, 1, 2") from None
+    if not seeds:
+        raise ValueError("seeds: give at least one seed, e.g. 0 (or 0, 1, 2 for an interval over seeds)")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: {text!r} repeats a seed; give distinct seeds")
+    return seeds
+
+
+def level_fractions(count: int) -> tuple[float, ...]:
+    """`count` evenly spaced fractions of the target schedule, from 0 (uncompressed) to 1."""
+    count = int(count)
+    if count < 2:
+        raise ValueError(f"compression levels: need at least 2 (uncompressed and the target), got {count}")
+    return tuple(round(i / (count - 1), 4) for i in range(count))
+
+
+def _positive_int(value: Any, name: str, low: int = 1) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {value!r} is not a number") from None
+    if not math.isfinite(number) or number != int(number) or number < low:
+        raise ValueError(f"{name}: must be a whole number >= {low}, got {value!r}")
+    return int(number)
+
+
+def _positive_float(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: {value!r} is not a number") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"{name}: must be a positive number such as 1e-3, got {value!r}")
+    return number
+
+
+def train_settings(backbone: str, weights: Optional[str], img_size: Any, lora_rank: Any, epochs: Any,
+                   batch_size: Any, lr: Any, pyra_lr: Any, schedule: str, seeds: str, num_levels: Any,
+                   bench_repeats: Any) -> TrainSettings:
+    """Validate the raw control values; ValueError names the control and the fix."""
+    backbone = (backbone or "").strip() or "default"
+    size = None if img_size in (None, "", 0, 0.0) else _positive_int(img_size, "image size", low=8)
+    return TrainSettings(
+        backbone=backbone,
+        weights=str(weights) if weights else None,
+        img_size=size,
+        lora_rank=_positive_int(lora_rank, "LoRA rank"),
+        epochs=_positive_int(epochs, "epochs"),
+        batch_size=_positive_int(batch_size, "batch size"),
+        lr=_positive_float(lr, "learning rate"),
+        pyra_lr=_positive_float(pyra_lr, "PYRA learning rate"),
+        schedule=str(schedule or "high").strip(),
+        seeds=str(seeds),
+        num_levels=_positive_int(num_levels, "compression levels", low=2),
+        bench_repeats=_positive_int(bench_repeats, "benchmark repeats"),
+    )
+
+
+def compare_config(settings: TrainSettings) -> Any:
+    """A `pyra.compare.CompareConfig` from validated settings (ValueError on a bad schedule)."""
+    from pyra.schedule import parse_schedule
+
+    if settings.weights and settings.backbone == "default":
+        raise ValueError("a weights file needs the timm architecture it was saved from as the backbone, "
+                         "e.g. vit_small_patch16_224 (not 'default')")
+    seeds, levels = parse_seeds(settings.seeds), level_fractions(settings.num_levels)
+    try:
+        schedule = parse_schedule(settings.schedule)
+    except ValueError as error:
+        raise ValueError(f"target compression: {error}") from None
+
+    from pyra.compare import CompareConfig
+    from pyra.train import TrainConfig
+
+    return CompareConfig(
+        backbone=settings.backbone,
+        weights=settings.weights,
+        img_size=settings.img_size,
+        schedule=schedule,
+        lora_rank=settings.lora_rank,
+        train=TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
+                          pyra_lr=settings.pyra_lr),
+        seeds=seeds,
+        levels=levels,
+        bench_repeats=settings.bench_repeats,
+    )
+
+
+def format_duration(seconds: Optional[float]) -> str:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def progress_status(progress: Any, elapsed_s: float) -> str:
+    """One Markdown status line for a `pyra.compare.CompareProgress`."""
+    parts = [f"**{progress.stage}** ({100 * progress.fraction:.0f}%)"]
+    if progress.step is not None and progress.total_steps:
+        parts.append(f"step {progress.step}/{progress.total_steps}")
+    if progress.loss is not None and math.isfinite(progress.loss):
+        parts.append(f"loss {progress.loss:.3f}")
+    if progress.val_accuracy is not None:
+        parts.append(f"val accuracy {100 * progress.val_accuracy:.1f}%")
+    if progress.eta_s is not None:
+        parts.append(f"this run: {format_duration(progress.eta_s)} left")
+    if 0.02 < progress.fraction < 1.0:
+        parts.append(f"whole job: ~{format_duration(elapsed_s * (1 - progress.fraction) / progress.fraction)} left")
+    parts.append(f"elapsed {format_duration(elapsed_s)}")
+    return " · ".join(parts)
+
+
+def result_status(result: Any, elapsed_s: float) -> str:
+    """Final status line of a comparison."""
+    if result.status == "completed":
+        return (f"**Done** in {format_duration(elapsed_s)}: {len(result.levels)} compression levels measured. "
+                "Open the **Compare** tab.")
+    if result.status == "cancelled":
+        return f"**Stopped** after {format_duration(elapsed_s)}. {result.message}".strip()
+    return f"**Training {result.status}**: {result.message}".strip()
+
+
+# ---------------------------------------------------------------- compare tab
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def _number(value: Optional[float], digits: int = 1) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _spread(median: Optional[float], low: Optional[float], high: Optional[float], digits: int = 1) -> str:
+    if median is None:
+        return "n/a"
+    if low is None or high is None:
+        return _number(median, digits)
+    return f"{_number(median, digits)} [{_number(low, digits)}-{_number(high, digits)}]"
+
+
+def ordered_rows(rows: Iterable[dict]) -> list[dict]:
+    """Rows in the table's method order (unknown methods last, in their given order)."""
+    rank = {name: index for index, name in enumerate(METHOD_ORDER)}
+    return sorted(rows, key=lambda row: rank.get(row["method"], len(rank)))
+
+
+def compare_table(rows: Iterable[dict]) -> list[list[str]]:
+    """Rows of one compression level -> the Compare table (see COMPARE_HEADERS)."""
+    table = []
+    for row in ordered_rows(rows):
+        accuracy = _percent(row.get("accuracy"))
+        if row.get("accuracy_low") is not None and row.get("accuracy_high") is not None:
+            accuracy += f" [{_percent(row['accuracy_low'])}-{_percent(row['accuracy_high'])}]"
+        gflops = row.get("gflops")
+        table.append([
+            row.get("method_label") or METHOD_LABELS.get(row["method"], row["method"]),
+            accuracy,
+            _spread(row.get("latency_ms"), row.get("latency_p25"), row.get("latency_p75"), 1),
+            _spread(row.get("throughput"), row.get("throughput_p25"), row.get("throughput_p75"), 1),
+            _number(gflops, 3) if gflops is not None else "full",
+            f"{row['flops_ratio']:.2f}x" if row.get("flops_ratio") else "1.00x",
+            str(row.get("threads", "")),
+        ])
+    return table
+
+
+def level_description(level: Any, rows: Sequence[dict], num_levels: int) -> str:
+    """Markdown headline for one level: schedule, FLOPs ratio, target and measured speed-up."""
+    schedule = " ".join(str(r) for r in level.schedule)
+    text = (f"**Level {level.index + 1} of {num_levels}** ({100 * level.fraction:.0f}% of the target schedule): "
+            f"{level.label}.  \nTokens merged per layer: `{schedule}`. FLOPs ratio {level.flops_ratio:.2f}x "
+            f"(the speed-up FLOPs predict)")
+    by_method = {row["method"]: row for row in rows}
+    base, pyra = by_method.get("uncompressed"), by_method.get("pyra")
+    if base and pyra and base.get("throughput") and pyra.get("throughput"):
+        text += f"; measured PYRA throughput speed-up {pyra['throughput'] / base['throughput']:.2f}x"
+    return text + "."
+
+
+def verdict_markdown(comparisons: Sequence[dict]) -> str:
+    """The paired-difference sentences of one level as a Markdown list."""
+    if not comparisons:
+        return "_No paired comparisons at this level._"
+    lines = []
+    for entry in comparisons:
+        sentence = entry.get("sentence") or f"{entry.get('name_a')} vs {entry.get('name_b')}: {entry.get('verdict')}"
+        seeds = entry.get("seeds")
+        if seeds and seeds.get("low") is not None:
+            sentence += (f" Over {seeds['n']} seeds the mean difference is {100 * seeds['mean']:+.1f} points "
+                         f"(95% interval {100 * seeds['low']:+.1f} to {100 * seeds['high']:+.1f}).")
+        lines.append(f"- {sentence}")
+    return "\n".join(lines)
+
+
+def sample_size_hint(rows: Sequence[dict]) -> str:
+    """How many validation images the numbers rest on, and what difference they can resolve."""
+    rows = [row for row in rows if row.get("n_val")]
+    if not rows:
+        return ""
+    n = int(rows[0]["n_val"])
+    accuracy = sum(row["accuracy"] for row in rows) / len(rows)
+    points = 100 * min_detectable_difference(n, min(1.0, max(0.0, accuracy)))
+    text = (f"Accuracies are measured on **{n} validation images**: differences smaller than about "
+            f"**{points:.0f} points** cannot be told apart from chance at this size.")
+    if points > TOO_FEW_POINTS:
+        text = "⚠️ " + text + " Add images (or seeds) for a firmer comparison."
+    return text
+
+
+def highlight_point(rows: Sequence[dict]) -> Optional[dict]:
+    """The chart point to emphasise at one level: PYRA's (else the first row's)."""
+    chosen = next((row for row in rows if row["method"] == "pyra"), rows[0] if rows else None)
+    return None if chosen is None else {"method": chosen["method"], "schedule_label": chosen["schedule_label"]}
+
+
+# ---------------------------------------------------------------- runs, insights, export
+
+def run_choices(run_dirs: dict[str, Path]) -> list[tuple[str, str]]:
+    """Dropdown (label, key) pairs for the result's runs, e.g. ("PYRA + LoRA, seed 0", "pyra@0")."""
+    choices = []
+    for key in run_dirs:
+        method, _, seed = key.partition("@")
+        label = METHOD_LABELS.get(method, method)
+        choices.append((f"{label}, seed {seed}" if seed else label, key))
+    return choices
+
+
+def export_run_zip(run_dir: Path, zip_path: Path) -> Path:
+    """Zip a run's config.json + adapter.safetensors + metrics.json (flat) into `zip_path`."""
+    run_dir = Path(run_dir)
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise ValueError(f"{run_dir.name}: the run is incomplete (missing {', '.join(missing)}); train it again")
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in RUN_FILES:
+            archive.write(run_dir / name, arcname=name)
+    return zip_path
+
+
+def python_snippet(run_key: str, zip_name: str) -> str:
+    """How to use an exported run from Python with the pyra API."""
+    return f'''# pip install -r requirements.txt   (from the PYRA Studio repository)
+import zipfile
+from PIL import Image
+import pyra
+from pyra.checkpoint import load_run
+from pyra.predict import dataset_for, predict
+
+zipfile.ZipFile("{zip_name}").extractall("{run_key.replace("@", "_seed")}")
+model, config = load_run("{run_key.replace("@", "_seed")}")  # backbone + LoRA + PYRA/ToMe, ready for inference
+print(config.classes, model.merge_config)            # classes and the merge schedule it was trained with
+pyra.merge_lora(model)                                # fold LoRA into the weights: no extra cost at inference
+pyra.set_schedule(model, "high")                      # or fewer merges for more accuracy (PYRA: at most as trained)
+'''

@@ -1,0 +1,153 @@
+"""The app through its HTTP API: `python app.py` in a subprocess, driven by gradio_client.
+
+A tiny configuration keeps it to about a minute on 2 CPU cores: a random-init ViT-Tiny at
+32 px, one epoch on 3 generated classes, two compression levels, one benchmark repeat.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_BACKBONE = "random:vit_tiny_patch16_224"
+# backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, bench repeats
+TINY_TRAIN = (TINY_BACKBONE, None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_dataset_zip(path: Path, classes=("red", "green", "blue"), per_class: int = 8) -> Path:
+    """3 classes of 24x24 images, each class tinted by its own channel (learnable in one epoch)."""
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as archive:
+        for index, name in enumerate(classes):
+            for i in range(per_class):
+                pixels = rng.integers(0, 120, size=(24, 24, 3), dtype=np.uint8)
+                pixels[..., index] += 120
+                image_path = path.parent / f"{name}{i}.png"
+                Image.fromarray(pixels).save(image_path)
+                archive.write(image_path, f"{name}/{i}.png")
+    return path
+
+
+@contextlib.contextmanager
+def running_app(work_root: Path, timeout_s: float = 180.0) -> Iterator[str]:
+    """`python app.py` on a free port on 127.0.0.1; yields its URL and stops it afterwards."""
+    port = free_port()
+    env = os.environ | {
+        "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "PYRA_WORK_ROOT": str(work_root),
+        "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
+    }
+    log_path = work_root.parent / f"app-{port}.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"app.py did not answer within {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("app") / "work"
+    with running_app(root) as url:
+        yield url
+
+
+def table_rows(value: dict) -> list[list]:
+    return value["data"]
+
+
+@pytest.mark.slow
+def test_upload_train_compare_and_token_maps(app_url, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(app_url, verbose=False)
+    zip_path = make_dataset_zip(tmp_path / "colours.zip")
+    summary, gallery, counts, skipped, warnings, *_ = client.predict(
+        handle_file(str(zip_path)), 0, 0.25, api_name="/load_zip")
+    assert "3 classes" in summary and len(gallery) == 12 and len(table_rows(counts)) == 3
+
+    started = time.monotonic()
+    status, _losses = client.predict(*TINY_TRAIN, api_name="/train")
+    print(f"tiny comparison trained in {time.monotonic() - started:.1f} s")
+    assert status.startswith("**Done**"), status
+
+    results = client.predict(api_name="/results")
+    assert results[0] == 1  # the level slider moves to the trained target (the last of 2 levels)
+
+    views = [client.predict(level, api_name="/select_level") for level in (0, 1)]
+    (text0, table0, verdicts0, hint0, chart0), (text1, table1, verdicts1, hint1, chart1) = views
+    assert "Level 1 of 2" in text0 and "Level 2 of 2" in text1
+    methods = [row[0] for row in table_rows(table1)]
+    assert methods == ["LoRA, uncompressed", "ToMe training-free", "ToMe + LoRA", "PYRA + LoRA"]
+    assert table_rows(table0) != table_rows(table1)
+    assert "validation images" in hint1 and "points" in verdicts1
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photo)
+    _maps, tome_panel, pyra_panel, _tome_layer, _pyra_layer, tokens = client.predict(
+        handle_file(str(photo)), 1, 1, api_name="/token_maps")
+    assert Path(tome_panel).is_file() and Path(pyra_panel).is_file()
+    assert len(table_rows(tokens)) >= 1
+
+    picture, _histogram, pairs, text = client.predict(handle_file(str(photo)), "PYRA + LoRA", 1, 1,
+                                                      api_name="/inspect_layer")
+    assert Path(picture).is_file() and "PYRA" in text
+
+    zip_file, code = client.predict("pyra@0", api_name="/export_run")
+    assert sorted(zipfile.ZipFile(zip_file).namelist()) == ["adapter.safetensors", "config.json", "metrics.json"]
+    assert "load_run" in code
+
+
+@pytest.mark.slow
+def test_stop_ends_a_long_training(app_url, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(app_url, verbose=False)
+    client.predict(handle_file(str(make_dataset_zip(tmp_path / "c.zip"))), 0, 0.25, api_name="/load_zip")
+    long_train = list(TINY_TRAIN)
+    long_train[4] = 500  # epochs: far longer than the test waits
+    job = client.submit(*long_train, api_name="/train")
+    deadline = time.monotonic() + 120
+    while not any("step" in str(update) for update in job.outputs()):
+        assert time.monotonic() < deadline, f"no training progress: {job.outputs()}"
+        time.sleep(0.5)
+    stopped_at = time.monotonic()
+    assert "Stopping" in client.predict(api_name="/stop")
+    status, _ = job.result(timeout=60)
+    assert status.startswith("**Stopped**"), status
+    assert time.monotonic() - stopped_at < 30

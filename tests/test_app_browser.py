@@ -1,0 +1,92 @@
+"""The app in a real browser: headless Chromium (system package) driven by Playwright.
+
+Uploads a generated zip, trains the tiny configuration through the UI controls, moves the
+compression slider and checks the numbers change; saves docs/screenshot.png on the way.
+Needs /usr/bin/chromium (apt-get install chromium); skipped without it unless
+PYRA_REQUIRE_BROWSER=1, which turns the skip into a failure (CI).
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from test_app_api import REPO, TINY_BACKBONE, make_dataset_zip, running_app
+
+CHROMIUM = Path(os.environ.get("PYRA_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+SCREENSHOT = REPO / "docs" / "screenshot.png"
+TRAIN_TIMEOUT_MS = 300_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.is_file():
+        reason = f"{CHROMIUM} not found: install it with `apt-get install -y chromium chromium-driver`"
+        if os.environ.get("PYRA_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason + " (PYRA_REQUIRE_BROWSER=1)")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield launched
+        launched.close()
+
+
+def set_number(page, elem_id: str, value) -> None:
+    """Type into a Number / Slider's number box and commit it."""
+    box = page.locator(f"#{elem_id} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_tiny_demo_in_the_browser(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    zip_path = make_dataset_zip(tmp_path / "colours.zip")
+    with running_app(tmp_path / "work") as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        expect(page.get_by_text("PYRA Studio").first).to_be_visible(timeout=60_000)
+
+        page.locator("#zip-upload input[type=file]").set_input_files(str(zip_path))
+        expect(page.locator("#data-summary")).to_contain_text("3 classes", timeout=60_000)
+
+        page.get_by_role("tab", name="2. Train").click()
+        backbone = page.locator("#backbone input").first
+        backbone.fill(TINY_BACKBONE)
+        backbone.press("Enter")
+        set_number(page, "img-size", 32)
+        set_number(page, "epochs", 1)
+        page.get_by_text("Repeats and measurement").click()
+        set_number(page, "num-levels", 2)
+        set_number(page, "bench-repeats", 1)
+        page.locator("#train-btn").click()
+        expect(page.locator("#train-status")).to_contain_text("Done", timeout=TRAIN_TIMEOUT_MS)
+
+        page.get_by_role("tab", name="3. Compare").click()
+        level_text, table = page.locator("#level-text"), page.locator("#compare-table")
+        expect(level_text).to_contain_text("Level 2 of 2", timeout=30_000)
+        expect(table).to_contain_text("PYRA + LoRA")
+        at_target = table.inner_text()
+        percentages = re.findall(r"\d+\.\d%", at_target)
+        assert len(percentages) >= 4, at_target
+
+        page.locator("#level-slider input[type=range]").fill("0")
+        expect(level_text).to_contain_text("Level 1 of 2", timeout=30_000)
+        expect(table).not_to_have_text(at_target, timeout=30_000)
+        uncompressed = table.inner_text()
+        assert uncompressed != at_target
+
+        page.locator("#level-slider input[type=range]").fill("1")
+        expect(level_text).to_contain_text("Level 2 of 2", timeout=30_000)
+        expect(page.locator("#compare-chart .js-plotly-plot")).to_be_visible(timeout=30_000)
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        page.screenshot(path=str(SCREENSHOT), full_page=True)
+        assert SCREENSHOT.stat().st_size > 10_000
