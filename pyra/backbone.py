@@ -99,6 +99,16 @@ def create_backbone(
     return _from_hub(arch, kwargs, pretrained)
 
 
+def backbone_structure(name: str, num_classes: int = 0, img_size: int | None = None) -> VisionTransformer:
+    """The architecture `name` stands for, on the meta device (no weights, no download): for
+    token counts, schedules and FLOPs before the real backbone is built."""
+    name = name.removeprefix(RANDOM_PREFIX)
+    kwargs: dict = dict(num_classes=num_classes)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    return _new_model(DEFAULT_WEIGHTS.arch if name == "default" else name, kwargs, meta=True)
+
+
 def default_img_size(model: VisionTransformer | str, device: str | torch.device = "cpu") -> int:
     """Input size for the demo: 8x8 patches on CPU (112 px at patch 14, 128 at patch 16), 224 on CUDA.
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Optional, get_args
 
@@ -32,7 +32,7 @@ from pyra.patch import patch
 from pyra.train import TrainConfig
 
 __all__ = [
-    "CheckpointError", "RunConfig", "library_versions", "build_model", "save_run", "load_config",
+    "CheckpointError", "RunConfig", "library_versions", "build_model", "adapter_state", "save_run", "load_config",
     "load_run", "load_metrics", "CONFIG_FILE", "ADAPTER_FILE", "METRICS_FILE",
 ]
 
@@ -93,11 +93,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         for name in ("classes", "schedule", "lora_targets"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if isinstance(self.train, dict):
+        if isinstance(self.train, dict):  # from JSON
             object.__setattr__(self, "train", _from_fields(TrainConfig, self.train, "train"))
         checks = [
             (self.method in _METHODS, f"method must be one of {_METHODS}, got {self.method!r}"),
-            (_whole(self.img_size) and self.img_size >= 1, f"img_size must be a whole number of pixels, got {self.img_size!r}"),
+            (_whole(self.img_size) and self.img_size >= 1,
+             f"img_size must be a whole number of pixels, got {self.img_size!r}"),
             (_whole(self.num_classes) and self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes!r}"),
             (not self.classes or len(self.classes) == self.num_classes,
              f"{len(self.classes)} class names for num_classes={self.num_classes}; give one name per class"),
@@ -122,7 +123,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RunConfig:
-        """Inverse of `to_dict`; ValueError naming unknown or missing keys."""
+        """Inverse of `to_dict`; ValueError naming unknown or missing keys (all keys are required)."""
         return _from_fields(cls, data, "run config")
 
 
@@ -131,12 +132,15 @@ def _whole(value: object) -> bool:
 
 
 def _from_fields(cls: type, data: Any, what: str) -> Any:
-    """cls(**data), refusing unknown keys and missing required ones with a clear ValueError."""
+    """cls(**data), refusing unknown and missing keys with a clear ValueError.
+
+    Every field is required, defaults included: `to_dict` writes them all, and silently
+    defaulting one (say `prop_attn`) would change the model's outputs without any shape error.
+    """
     if not isinstance(data, dict):
         raise ValueError(f"{what} must be a JSON object, got {type(data).__name__}")
     known = {f.name for f in fields(cls)}
-    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
-    unknown, missing = sorted(set(data) - known), sorted(required - set(data))
+    unknown, missing = sorted(set(data) - known), sorted(known - set(data))
     if unknown or missing:
         parts = [f"unknown keys {unknown}" if unknown else "", f"missing keys {missing}" if missing else ""]
         raise ValueError(f"{what}: {'; '.join(p for p in parts if p)}")
@@ -149,9 +153,10 @@ def _from_fields(cls: type, data: Any, what: str) -> Any:
 def build_model(config: RunConfig, *, pretrained: bool = True) -> nn.Module:
     """The one construction of a trainable model: backbone -> LoRA -> token merging.
 
-    Construction is seeded by `config.seed` (LoRA A, PYRA w_r and, with pretrained=False, the
-    backbone itself), without touching the global RNG. The backbone's fingerprint is kept on
-    `model.backbone_fingerprint` for `save_run`.
+    Construction is seeded by `config.seed` (LoRA A, PYRA w_r; random backbone weights are
+    seeded by `create_backbone` itself) without touching the global RNG, so the same config
+    gives the same model. The backbone's fingerprint is kept on `model.backbone_fingerprint`
+    for `save_run`.
 
     Args:
         config: the run's configuration.
@@ -189,7 +194,8 @@ def save_run(run_dir: str | Path, model: nn.Module, config: RunConfig, metrics: 
     """Write `adapter.safetensors`, `metrics.json`, then `config.json` (last: it marks a complete run).
 
     `config.backbone_fingerprint` is taken from the model built by `build_model` when empty;
-    a config whose fingerprint disagrees with the model's is refused. Returns the config written.
+    a config whose fingerprint disagrees with the model's is refused. With `metrics=None` an
+    existing metrics.json is kept (an empty one is written otherwise). Returns the config written.
     """
     config = _with_fingerprint(model, config)
     if getattr(model, "num_classes", config.num_classes) != config.num_classes:
@@ -199,7 +205,8 @@ def save_run(run_dir: str | Path, model: nn.Module, config: RunConfig, metrics: 
     run_dir.mkdir(parents=True, exist_ok=True)
     adapter = safetensors_bytes(adapter_state(model), metadata={"format": "pt", "pyra": _pyra_version()})
     _write_atomic(run_dir / ADAPTER_FILE, adapter)
-    _write_atomic(run_dir / METRICS_FILE, _json_bytes(metrics or {}))
+    if metrics is not None or not (run_dir / METRICS_FILE).is_file():
+        _write_atomic(run_dir / METRICS_FILE, _json_bytes(metrics or {}))
     _write_atomic(run_dir / CONFIG_FILE, _json_bytes(config.to_dict()))
     return config
 
@@ -273,7 +280,9 @@ def _read_json(path: Path, hint: str) -> Any:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: not found; {hint}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error}); the file is damaged: save or train the run again") from None
+        raise CheckpointError(
+            f"{path}: not valid JSON ({error}); the file is damaged: save or train the run again"
+        ) from None
 
 
 def load_run(run_dir: str | Path, *, check_fingerprint: bool = True) -> tuple[nn.Module, RunConfig]:
@@ -312,12 +321,12 @@ def _read_adapter(path: Path) -> dict[str, Tensor]:
 
 def _load_adapter(model: nn.Module, adapter: dict[str, Tensor], path: Path) -> None:
     """Strict on the adapter keys: same names, same shapes, finite values."""
-    expected = {key: value for key, value in model.state_dict().items() if parameter_kind(key) != "backbone"}
+    expected = {key: value.shape for key, value in model.state_dict().items() if parameter_kind(key) != "backbone"}
     problems = {
         "missing": sorted(set(expected) - set(adapter)),
         "unexpected": sorted(set(adapter) - set(expected)),
-        "wrong shape": [f"{key} {tuple(value.shape)} != {tuple(expected[key].shape)}"
-                        for key, value in sorted(adapter.items()) if key in expected and value.shape != expected[key].shape],
+        "wrong shape": [f"{key} {tuple(value.shape)} != {tuple(expected[key])}"
+                        for key, value in sorted(adapter.items()) if key in expected and value.shape != expected[key]],
         "non-finite": [key for key, value in sorted(adapter.items())
                        if value.is_floating_point() and not torch.isfinite(value).all()],
     }

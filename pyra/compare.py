@@ -16,15 +16,15 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from pyra.backbone import default_img_size
-from pyra.checkpoint import RunConfig, build_model, load_run, run_config_for, save_run
+from pyra.checkpoint import load_run
 from pyra.data import DatasetSplit
 from pyra.evaluate import evaluate, measure_speed
 from pyra.lora import merge_lora
 from pyra.patch import geometry, set_schedule
+from pyra.pipeline import make_run_config, model_dataset, train_run
 from pyra.schedule import ScheduleSpec, flops_ratio, forward_flops, resolve_schedule
 from pyra.stats import accuracy_interval, paired_difference, paired_seed_difference, seed_summary
-from pyra.train import Progress, TrainConfig, train
+from pyra.train import Progress, TrainConfig
 
 TRAINED_METHODS = {"uncompressed": "none", "tome": "tome", "pyra": "pyra"}
 """Row name -> merge method the model is trained with."""
@@ -34,6 +34,7 @@ METHOD_LABELS = {
     "tome": "ToMe + LoRA",
     "pyra": "PYRA + LoRA",
 }
+FEATURES_FILE = "features.npz"  # pre-logits features at the target level, per method, plus "labels"
 PAIRS = [("pyra", "tome"), ("pyra", "tome_free"), ("pyra", "uncompressed"), ("tome", "uncompressed")]
 
 
@@ -98,6 +99,11 @@ class CompareResult:
     status: str = "completed"
     message: str = ""
     reports: dict[str, dict] = field(default_factory=dict)  # method -> classification report at the target
+
+    def features(self) -> dict[str, np.ndarray]:
+        """Validation features at the target level per method (for t-SNE), plus "labels"."""
+        with np.load(self.out_dir / FEATURES_FILE, allow_pickle=False) as stored:
+            return {key: stored[key] for key in stored.files}
 
     def rows_at(self, level: int) -> list[dict]:
         return [row for row in self.rows if row["level"] == level]
@@ -164,7 +170,6 @@ def load_compare(out_dir: Path) -> CompareResult:
 def sweep_levels(target: list[int], fractions: tuple[float, ...], model) -> list[Level]:
     """Levels as fractions of the target schedule, with their FLOPs (PYRA's included)."""
     geo = geometry(model)
-    base = forward_flops([0] * geo.depth, geo, "none")
     levels = []
     for index, fraction in enumerate(sorted(set(fractions))):
         schedule = resolve_schedule([int(round(fraction * r)) for r in target], geo)
@@ -172,7 +177,6 @@ def sweep_levels(target: list[int], fractions: tuple[float, ...], model) -> list
         label = "uncompressed" if not any(schedule) else f"{sum(schedule)} tokens merged, {ratio:.2f}x fewer FLOPs"
         gflops = forward_flops(schedule, geo, "pyra" if any(schedule) else "none") / 1e9
         levels.append(Level(index, fraction, schedule, label, ratio, gflops))
-    assert base > 0
     return levels
 
 
@@ -192,113 +196,121 @@ def run_compare(
     histories: dict[str, list[dict]] = {}
     jobs = [(seed, name) for seed in config.seeds for name in TRAINED_METHODS]
     for job_index, (seed, name) in enumerate(jobs):
-        run_config = _run_config(data, config, name, seed)
         run_dir = out_dir / f"seed{seed}" / name
-        result = _train_one(data, run_config, run_dir, job_index, len(jobs), report, cancel)
+        result = _train_one(data, config, name, seed, run_dir, job_index, len(jobs), report, cancel)
         run_dirs[f"{name}@{seed}"] = run_dir
         histories[f"{name}@{seed}"] = result.history
         if result.status != "completed":
             partial = CompareResult(out_dir, data.classes, [], [], {}, histories, run_dirs, result.status, result.message)
             partial.save()
             return partial
-    report(CompareProgress("sweep", 0.9, "measuring accuracy and speed at every level"))
+    report(CompareProgress("accuracy", 0.9, "measuring accuracy and speed at every level"))
     result = _sweep(data, config, out_dir, run_dirs, histories, report)
     result.save()
     report(CompareProgress("done", 1.0, "comparison complete"))
     return result
 
 
-def _run_config(data: DatasetSplit, config: CompareConfig, name: str, seed: int) -> RunConfig:
-    img_size = config.img_size or default_img_size(config.backbone, config.device)
-    method = TRAINED_METHODS[name]
-    return run_config_for(
-        backbone=config.backbone,
-        weights=config.weights,
-        classes=data.classes,
-        img_size=img_size,
-        method=method,
-        schedule=config.schedule if method != "none" else 0,
-        lora_rank=config.lora_rank,
-        train=replace(config.train, seed=seed),
-        data_source=data.source,
-        seed=seed,
+def _train_one(data: DatasetSplit, config: CompareConfig, name: str, seed: int, run_dir: Path,
+               job: int, jobs: int, report: Callable[[CompareProgress], None],
+               cancel: Optional[threading.Event]):
+    run_config = make_run_config(
+        data, backbone=config.backbone, backbone_weights=config.weights, img_size=config.img_size,
+        method=TRAINED_METHODS[name], schedule=config.schedule, lora_rank=config.lora_rank,
+        train_config=replace(config.train, seed=seed), seed=seed, device=config.device,
     )
-
-
-def _train_one(data, run_config: RunConfig, run_dir: Path, job: int, jobs: int, report, cancel):
-    from pyra.predict import dataset_for
-
-    model = build_model(run_config)
-    train_set = dataset_for(model, data.train, run_config.img_size)
-    val_set = dataset_for(model, data.val, run_config.img_size)
-    label = METHOD_LABELS[{v: k for k, v in TRAINED_METHODS.items()}[run_config.method]]
-    share = 0.9 / jobs
+    label, share = METHOD_LABELS[name], 0.9 / jobs
 
     def forward(progress: Progress) -> None:
         report(CompareProgress(
-            stage=f"train {label} (seed {run_config.seed})",
+            stage=f"train {label} (seed {seed})",
             fraction=share * (job + progress.fraction),
-            message=f"{label}, seed {run_config.seed}: step {progress.step}/{progress.total_steps}, "
-            f"loss {progress.loss:.3f}",
+            message=f"{label}, seed {seed}: step {progress.step}/{progress.total_steps}, loss {progress.loss:.3f}",
             step=progress.step, total_steps=progress.total_steps, eta_s=progress.eta_s,
             loss=progress.loss, val_accuracy=progress.val_accuracy,
         ))
 
-    result = train(model, train_set, run_config.train_config, val_set=val_set, on_progress=forward, cancel=cancel)
-    save_run(run_dir, model, run_config, {"status": result.status, "message": result.message,
-                                           "history": result.history, "seconds": result.seconds})
+    _, result, _ = train_run(data, run_config, run_dir, on_progress=forward, cancel=cancel)
     return result
 
 
-def _sweep(data, config, out_dir, run_dirs, histories, report) -> CompareResult:
-    models, run_config = {}, None
-    for key, run_dir in run_dirs.items():
-        models[key], run_config = load_run(run_dir)
-    from pyra.predict import dataset_for
-
-    first_seed = config.seeds[0]
-    some_model = models[f"pyra@{first_seed}"]
-    target = list(models[f"pyra@{first_seed}"].merge_config.schedule)
-    levels = sweep_levels(target, config.levels, some_model)
-    val_set = dataset_for(some_model, data.val, run_config.img_size)
-    rows, comparisons, reports = [], {}, {}
+def _sweep(data: DatasetSplit, config: CompareConfig, out_dir: Path, run_dirs: dict[str, Path],
+           histories: dict[str, list[dict]], report: Callable[[CompareProgress], None]) -> CompareResult:
+    models = {key: load_run(run_dir)[0] for key, run_dir in run_dirs.items()}
+    first = models[f"pyra@{config.seeds[0]}"]
+    levels = sweep_levels(list(first.merge_config.schedule), config.levels, first)
+    val_set = model_dataset(first, data.val)
+    correct, reports, features = _accuracies(models, levels, val_set, data.classes, config.seeds, report)
+    np.savez_compressed(out_dir / FEATURES_FILE, **features)
+    for model in models.values():
+        merge_lora(model)  # inference form, measured after every accuracy is taken
+    geo = geometry(first)
+    rows, comparisons = [], {}
     for level in levels:
-        correct: dict[str, list[np.ndarray]] = {}
-        for seed in config.seeds:
-            for name, model, method in _models_at_level(models, seed):
-                schedule = level.schedule if name != "uncompressed" else [0] * len(level.schedule)
-                evaluation, predictions = evaluate(model, val_set, data.classes, schedule=schedule, method=method)
-                correct.setdefault(name, []).append(predictions.correct)
-                if level.index == len(levels) - 1 and seed == first_seed:
-                    reports[name] = evaluation.to_dict()
-        speed = _measure_level(models, first_seed, level, config)
-        rows += [_row(name, level, correct[name], speed, config) for name in METHOD_LABELS]
-        comparisons[level.index] = _comparisons(correct)
-        report(CompareProgress("sweep", 0.9 + 0.1 * (level.index + 1) / len(levels), f"level {level.label}"))
-    return CompareResult(out_dir, data.classes, levels, rows, comparisons, histories, run_dirs, reports=reports)
+        speed = _measure_level(models, config.seeds[0], level, config)
+        for name in METHOD_LABELS:
+            rows.append(_row(name, level, correct[level.index][name], speed, _gflops(name, level, geo)))
+        comparisons[level.index] = _comparisons(correct[level.index])
+        report(CompareProgress("speed", 0.95 + 0.05 * (level.index + 1) / len(levels),
+                               f"measured speed at {level.label}"))
+    return CompareResult(out_dir, list(data.classes), levels, rows, comparisons, histories, run_dirs,
+                         reports=reports)
 
 
-def _models_at_level(models: dict, seed: int):
-    yield "uncompressed", models[f"uncompressed@{seed}"], "none"
-    yield "tome_free", models[f"uncompressed@{seed}"], "tome"
-    yield "tome", models[f"tome@{seed}"], "tome"
-    yield "pyra", models[f"pyra@{seed}"], "pyra"
+def _accuracies(models: dict, levels: list[Level], val_set, classes, seeds, report):
+    """correct[level][method] = one boolean array per seed; reports at the target level, first seed."""
+    correct: dict[int, dict[str, list[np.ndarray]]] = {}
+    reports: dict[str, dict] = {}
+    features: dict[str, np.ndarray] = {}
+    cache: dict[tuple, np.ndarray] = {}
+    for level in levels:
+        correct[level.index] = {}
+        for seed in seeds:
+            for name, key, method in _evaluations(seed):
+                schedule = tuple(level.schedule) if name != "uncompressed" else (0,) * len(level.schedule)
+                cache_key = (key, method if any(schedule) else "none", schedule)
+                if cache_key not in cache:
+                    evaluation, predictions = evaluate(models[key], val_set, classes, schedule=list(schedule),
+                                                       method=method, with_features=level is levels[-1])
+                    cache[cache_key] = predictions.correct
+                    if level is levels[-1] and seed == seeds[0]:
+                        reports[name] = evaluation.to_dict()
+                        features[name] = predictions.features
+                        features["labels"] = predictions.labels
+                correct[level.index].setdefault(name, []).append(cache[cache_key])
+        report(CompareProgress("accuracy", 0.9 + 0.05 * (level.index + 1) / len(levels),
+                               f"accuracy at {level.label}"))
+    return correct, reports, features
+
+
+def _evaluations(seed: int):
+    """(row name, model key, merge method) for every row of one level."""
+    yield "uncompressed", f"uncompressed@{seed}", "none"
+    yield "tome_free", f"uncompressed@{seed}", "tome"
+    yield "tome", f"tome@{seed}", "tome"
+    yield "pyra", f"pyra@{seed}", "pyra"
+
+
+def _gflops(name: str, level: Level, geo) -> float:
+    if name == "uncompressed":
+        return forward_flops([0] * geo.depth, geo, "none") / 1e9
+    return forward_flops(level.schedule, geo, "pyra" if name == "pyra" else "tome") / 1e9
 
 
 def _measure_level(models: dict, seed: int, level: Level, config: CompareConfig) -> dict:
-    chosen = {"uncompressed": models[f"uncompressed@{seed}"], "tome": models[f"tome@{seed}"], "pyra": models[f"pyra@{seed}"]}
+    chosen = {"uncompressed": models[f"uncompressed@{seed}"], "tome": models[f"tome@{seed}"],
+              "pyra": models[f"pyra@{seed}"]}
     set_schedule(chosen["uncompressed"], 0, method="none")
     set_schedule(chosen["tome"], level.schedule, method="tome")
     set_schedule(chosen["pyra"], level.schedule, method="pyra")
-    for model in chosen.values():
-        merge_lora(model)
     img_size = chosen["pyra"].patch_embed.img_size[0]
-    stats = measure_speed(chosen, img_size=img_size, batch_size=config.bench_batch, repeats=config.bench_repeats)
-    stats["tome_free"] = stats["tome"]  # same computation as trained ToMe at this schedule
+    stats = measure_speed(chosen, img_size=img_size, batch_size=config.bench_batch, repeats=config.bench_repeats,
+                          device=config.device)
+    stats["tome_free"] = stats["tome"]  # the same computation as trained ToMe at this schedule
     return stats
 
 
-def _row(name: str, level: Level, correct: list[np.ndarray], speed: dict, config: CompareConfig) -> dict:
+def _row(name: str, level: Level, correct: list[np.ndarray], speed: dict, gflops: float) -> dict:
     accuracies = [float(c.mean()) for c in correct]
     if len(correct) == 1:
         interval = accuracy_interval(correct[0])
@@ -307,13 +319,13 @@ def _row(name: str, level: Level, correct: list[np.ndarray], speed: dict, config
         summary = seed_summary(accuracies)
         mean, low, high, interval_kind = summary.mean, summary.low, summary.high, "seeds_t95"
     stats = speed[name].to_dict()
-    schedule = level.schedule if name != "uncompressed" else [0] * len(level.schedule)
+    compressed = name != "uncompressed"
     return {
         "method": name,
         "method_label": METHOD_LABELS[name],
         "level": level.index,
-        "schedule_label": level.label if name != "uncompressed" else "uncompressed",
-        "schedule": " ".join(map(str, schedule)),
+        "schedule_label": level.label if compressed else "uncompressed",
+        "schedule": " ".join(map(str, level.schedule if compressed else [0] * len(level.schedule))),
         "accuracy": mean,
         "accuracy_low": low,
         "accuracy_high": high,
@@ -326,19 +338,21 @@ def _row(name: str, level: Level, correct: list[np.ndarray], speed: dict, config
         "throughput": stats["throughput"]["median"],
         "throughput_p25": stats["throughput"]["p25"],
         "throughput_p75": stats["throughput"]["p75"],
-        "gflops": level.gflops if name != "uncompressed" else None,
-        "flops_ratio": level.flops_ratio if name != "uncompressed" else 1.0,
+        "gflops": gflops,
+        "flops_ratio": level.flops_ratio if compressed else 1.0,
         "threads": stats["threads"],
     }
 
 
 def _comparisons(correct: dict[str, list[np.ndarray]]) -> list[dict]:
+    """Paired differences on the first seed's predictions; across seeds when there are several."""
     out = []
     for a, b in PAIRS:
         paired = paired_difference(correct[a][0], correct[b][0], name_a=METHOD_LABELS[a], name_b=METHOD_LABELS[b])
         entry = paired.to_dict() | {"sentence": paired.sentence(), "method_a": a, "method_b": b}
         if len(correct[a]) > 1:
-            across = paired_seed_difference([c.mean() for c in correct[a]], [c.mean() for c in correct[b]])
+            across = paired_seed_difference([float(c.mean()) for c in correct[a]],
+                                            [float(c.mean()) for c in correct[b]])
             entry["seeds"] = across.to_dict()
         out.append(entry)
     return out

@@ -90,3 +90,25 @@ def test_tiny_demo_in_the_browser(browser, tmp_path):
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
         assert SCREENSHOT.stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_closing_the_tab_removes_the_session_directory(browser, tmp_path):
+    import time
+
+    from playwright.sync_api import expect
+
+    zip_path = make_dataset_zip(tmp_path / "colours.zip", per_class=3)
+    work = tmp_path / "work"
+    with running_app(work) as url:
+        page = browser.new_page()
+        page.goto(url)
+        page.locator("#zip-upload input[type=file]").set_input_files(str(zip_path))
+        expect(page.locator("#data-summary")).to_contain_text("3 classes", timeout=60_000)
+        sessions = list(work.glob("session-*"))
+        assert len(sessions) == 1 and (sessions[0] / "data").is_dir()
+        page.close()
+        deadline = time.monotonic() + 60
+        while sessions[0].exists():
+            assert time.monotonic() < deadline, "the session directory outlived the closed tab"
+            time.sleep(0.5)

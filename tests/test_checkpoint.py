@@ -61,8 +61,9 @@ def save(tmp_path: Path, model, config) -> Path:
     return run_dir
 
 
-def test_build_model_resolves_the_schedule_and_is_reproducible(config):
-    first, second = build_model(config), build_model(replace(config, backbone="vit_tiny_patch16_224"), pretrained=False)
+def test_build_model_is_reproducible_and_keeps_the_resolved_schedule(config):
+    first = build_model(config)
+    second = build_model(replace(config, backbone="vit_tiny_patch16_224"), pretrained=False)  # same random init
     assert first.merge_config.schedule == config.schedule
     assert pyra.resolve_schedule(1, pyra.geometry(first)) == list(config.schedule)
     assert first.backbone_fingerprint == second.backbone_fingerprint
@@ -86,6 +87,7 @@ def test_run_dir_holds_three_files_and_nothing_else_is_written(tmp_path, config,
     (tmp_path / "before.txt").write_text("x")
     run_dir = save(tmp_path, trained, config)
     save_run(run_dir, trained, config)  # overwriting leaves no temp files either
+    assert load_metrics(run_dir)["accuracy"] == 0.5  # metrics=None keeps the existing metrics
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert written == sorted(["before.txt"] + [f"runs/one/{name}" for name in FILES])
 
@@ -131,7 +133,7 @@ def test_a_different_backbone_is_refused(tmp_path, config, trained):
     ("{not json", "not valid JSON"),
     ('["a list"]', "JSON object"),
     ("UNKNOWN_KEY", "unknown keys \\['colour'\\]"),
-    ("MISSING_KEY", "missing keys \\['img_size'\\]"),
+    ("MISSING_KEY", "missing keys \\['prop_attn'\\]"),  # even a key with a default
     ("BAD_VALUE", "lora_rank"),
     ("BAD_TRAIN", "train: unknown keys"),
 ])
@@ -140,7 +142,7 @@ def test_a_bad_config_json_is_refused_by_name(tmp_path, config, trained, content
     data = json.loads((run_dir / "config.json").read_text())
     edits = {
         "UNKNOWN_KEY": lambda d: d.update(colour="red"),
-        "MISSING_KEY": lambda d: d.pop("img_size"),
+        "MISSING_KEY": lambda d: d.pop("prop_attn"),
         "BAD_VALUE": lambda d: d.update(lora_rank=0),
         "BAD_TRAIN": lambda d: d["train"].update(learning_rate=1.0),
     }
@@ -171,8 +173,9 @@ def test_an_adapter_that_does_not_fit_is_refused_by_key(tmp_path, config, traine
     save_file(adapter, run_dir / "adapter.safetensors")
     with pytest.raises(CheckpointError) as error:
         load_run(run_dir)
-    for part in ("missing ['blocks.1.pyra.w_d']", "unexpected ['blocks.0.attn.qkv.base.weight']", "head.weight (5, 192)"):
-        assert part in str(error.value)
+    message = str(error.value)
+    assert "missing ['blocks.1.pyra.w_d']" in message and "head.weight (5, 192)" in message
+    assert "unexpected ['blocks.0.attn.qkv.base.weight']" in message  # a frozen backbone tensor
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, config, trained, monkeypatch):

@@ -198,3 +198,12 @@ def test_predict_returns_aligned_arrays_and_restores_mode(model):
     assert predictions.features.shape == (6, model.num_features)
     assert predictions.predicted.dtype == np.int64
     assert predictions.accuracy == predictions.correct.mean()
+
+
+def test_a_huge_learning_rate_diverges_cleanly(model):
+    records = coloured_squares()
+    config = TrainConfig(epochs=1, batch_size=6, lr=1e6, pyra_lr=1e6, grad_clip=None)
+    result = train(model, dataset_for(model, records), config)
+    assert result.status == "diverged" and "Lower lr" in result.message
+    assert all(torch.isfinite(t).all() for t in trainable_copy(model).values())
+    assert torch.isfinite(model(torch.randn(1, 3, 32, 32))).all()

@@ -1,0 +1,95 @@
+"""One training run from data to run folder, and its re-evaluation: what the CLI and compare share."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from torch import nn
+
+from pyra.backbone import backbone_structure, data_config, default_img_size
+from pyra.checkpoint import RunConfig, build_model, load_metrics, load_run, save_run
+from pyra.data import DatasetSplit, ImageDataset, ImageRecord, make_transform
+from pyra.evaluate import ClassificationReport, evaluate
+from pyra.patch import Method, geometry
+from pyra.schedule import ScheduleSpec, resolve_schedule
+from pyra.train import Progress, TrainConfig, TrainResult, train
+
+
+def model_dataset(model: nn.Module, records: Sequence[ImageRecord]) -> ImageDataset:
+    """Records preprocessed the way `model` expects (its own mean/std, its input size)."""
+    return ImageDataset(records, make_transform(data_config(model), model.patch_embed.img_size[0]))
+
+
+def make_run_config(
+    data: DatasetSplit,
+    *,
+    backbone: str = "default",
+    backbone_weights: Optional[str] = None,
+    img_size: Optional[int] = None,
+    method: Method = "pyra",
+    schedule: ScheduleSpec = "high",
+    lora_rank: int = 4,
+    train_config: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    device: str = "cpu",
+) -> RunConfig:
+    """A RunConfig with the schedule resolved for the backbone's token count."""
+    img_size = img_size or default_img_size(backbone, device)
+    structure = backbone_structure(backbone, len(data.classes), img_size)
+    resolved = resolve_schedule(schedule if method != "none" else 0, geometry(structure))
+    return RunConfig(
+        backbone=backbone, backbone_weights=backbone_weights, img_size=img_size,
+        num_classes=len(data.classes), classes=tuple(data.classes), schedule=tuple(resolved),
+        method=method, lora_rank=lora_rank, train=train_config, data_source=data.source, seed=seed,
+    )
+
+
+def train_run(
+    data: DatasetSplit,
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    on_progress: Optional[Callable[[Progress], None]] = None,
+    cancel: Optional[threading.Event] = None,
+) -> tuple[nn.Module, TrainResult, Optional[ClassificationReport]]:
+    """Build, train, evaluate on the validation split and save into `run_dir`.
+
+    The recorded accuracy is computed exactly as `evaluate_run` recomputes it.
+    """
+    model = build_model(config)
+    result = train(model, model_dataset(model, data.train), config.train,
+                   val_set=model_dataset(model, data.val), on_progress=on_progress, cancel=cancel)
+    report = None
+    metrics: dict = {"status": result.status, "message": result.message, "seconds": result.seconds,
+                     "steps": result.steps, "history": result.history, "epochs": result.epochs}
+    if result.status == "completed":
+        report, _ = evaluate(model, model_dataset(model, data.val), data.classes)
+        metrics["validation"] = report.to_dict()
+    save_run(run_dir, model, config, metrics)
+    return model, result, report
+
+
+def evaluate_run(
+    run_dir: Path,
+    data: DatasetSplit,
+    *,
+    schedule: Optional[ScheduleSpec] = None,
+    method: Optional[Method] = None,
+    with_features: bool = False,
+) -> tuple[ClassificationReport, dict]:
+    """Re-evaluate a run folder on `data`'s validation split, at its own or another schedule.
+
+    Returns the report and the metrics recorded at training time.
+    """
+    model, config = load_run(run_dir)
+    if list(data.classes) != list(config.classes):
+        raise ValueError(
+            f"{run_dir}: trained on classes {list(config.classes)}, the data has {list(data.classes)}; "
+            "evaluate on the dataset the run was trained on"
+        )
+    if schedule is not None:
+        schedule = resolve_schedule(schedule, geometry(model))
+    report, _ = evaluate(model, model_dataset(model, data.val), data.classes, schedule=schedule,
+                         method=method, with_features=with_features)
+    return report, load_metrics(run_dir)
