@@ -87,6 +87,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data_source: str = ""  # zip / folder name or "sample:NAME"
     val_fraction: float = 0.25
+    split_seed: int = 0  # the train/val split (see pyra.data.load_dataset)
+    max_per_class: Optional[int] = None
     seed: int = 0  # data split and model construction (LoRA A, PYRA w_r, random-init backbones)
     versions: dict[str, str] = field(default_factory=library_versions)
 

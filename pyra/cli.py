@@ -7,20 +7,15 @@ print one line to stderr and exit with code 2; no traceback unless --traceback i
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, Callable, Optional, Sequence
 
 from pyra.bench import bench, format_bench
+from pyra.cli_runs import COMMANDS, emit
 from pyra.schedule import parse_schedule
 
 USER_ERRORS = (ValueError, TypeError, OSError)  # bad input: exit code 2
 Runner = Callable[[argparse.Namespace], int]
-
-
-def emit(result: dict[str, Any], text: str, as_json: bool) -> None:
-    """Print `result` as JSON (only JSON on stdout) or the human-readable `text`."""
-    print(json.dumps(result, indent=2) if as_json else text)
 
 
 # ---------------------------------------------------------------------------------------
@@ -68,7 +63,7 @@ def run_bench(args: argparse.Namespace) -> int:
 # entry point
 # ---------------------------------------------------------------------------------------
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_bench,)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (*COMMANDS, _add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

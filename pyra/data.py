@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,9 @@ class DatasetSplit:
     skipped: list[SkippedFile]
     source: str                                  # zip/folder name or "sample:NAME"
     warnings: list[str] = field(default_factory=list)
+    split_seed: int = 0                          # how the split was made, so a run can redo it
+    val_fraction: float = 0.25
+    max_per_class: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -304,17 +307,21 @@ def load_dataset(source: str | Path, workdir: Path, *, val_fraction: float = 0.2
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     if max_per_class is not None and max_per_class < 2:
         raise DataError(f"max_per_class must be at least 2 (one train + one val image), got {max_per_class}")
-    text = str(source)
+    split = _load_split(str(source), Path(workdir), val_fraction, seed, max_per_class, limits or Limits.from_env())
+    return replace(split, split_seed=seed, val_fraction=val_fraction, max_per_class=max_per_class)
+
+
+def _load_split(text: str, workdir: Path, val_fraction: float, seed: int, max_per_class: int | None,
+                limits: Limits) -> DatasetSplit:
     if text.startswith(SAMPLE_PREFIX):
         return _from_sample(text[len(SAMPLE_PREFIX):], val_fraction, seed, max_per_class)
-    limits = limits or Limits.from_env()
-    path = Path(source)
+    path = Path(text)
     if path.is_dir():
         return _from_folder(path, path.name, [], val_fraction, seed, max_per_class, limits)
     if not path.exists():
         raise DataError(f"{text}: not found. Give a .zip file, a folder with one sub-folder per class, "
                         f"or one of {[SAMPLE_PREFIX + s.name for s in list_samples()]}.")
-    root, skipped = extract_zip(path, Path(workdir), limits)
+    root, skipped = extract_zip(path, workdir, limits)
     return _from_folder(root, path.name, skipped, val_fraction, seed, max_per_class, limits)
 
 

@@ -41,7 +41,8 @@ def make_run_config(
     return RunConfig(
         backbone=backbone, backbone_weights=backbone_weights, img_size=img_size,
         num_classes=len(data.classes), classes=tuple(data.classes), schedule=tuple(resolved),
-        method=method, lora_rank=lora_rank, train=train_config, data_source=data.source, seed=seed,
+        method=method, lora_rank=lora_rank, train=train_config, data_source=data.source,
+        val_fraction=data.val_fraction, split_seed=data.split_seed, max_per_class=data.max_per_class, seed=seed,
     )
 
 
