@@ -45,6 +45,12 @@ class Session:
     data: Any = None  # pyra.data.DatasetSplit
     result: Any = None  # pyra.compare.CompareResult of the latest comparison
     runs: int = 0  # comparisons started, for numbered output folders
+    job: Optional[threading.Thread] = None  # the worker of the running comparison
+
+    @property
+    def busy(self) -> bool:
+        """A comparison is running in this session."""
+        return self.job is not None and self.job.is_alive()
 
     def new_run_dir(self) -> Path:
         self.runs += 1

@@ -25,6 +25,11 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 TRAIN_CONCURRENCY = int(os.environ.get("PYRA_TRAIN_CONCURRENCY", "1"))  # training jobs at once, all sessions
 MODEL_CONCURRENCY = 2  # token maps / layer inspection / t-SNE at once (each loads a model)
 CSS = ".pyra-status {min-height: 2.5em}"
+MAX_UPLOAD = os.environ.get("PYRA_MAX_UPLOAD", "1gb")  # zips and weights files
+MAX_LEVELS = 9  # the Train tab's largest number of compression levels
+# Before training, level and layer sliders span every value a comparison can have, so API calls made
+# without /results first are not refused by Gradio's bounds check; /results narrows them.
+MAX_LEVEL, MAX_LAYER = MAX_LEVELS - 1, 48
 
 
 # ---------------------------------------------------------------- layout
@@ -78,7 +83,7 @@ def _train_tab(c: SimpleNamespace) -> None:
             with gr.Accordion("Repeats and measurement", open=False):
                 c.seeds = gr.Textbox("0", label="Seeds", info="e.g. 0, 1, 2: one training per seed and method; "
                                                              "intervals over seeds need at least 2")
-                c.num_levels = gr.Slider(2, 9, value=5, step=1, label="Compression levels to measure",
+                c.num_levels = gr.Slider(2, MAX_LEVELS, value=5, step=1, label="Compression levels to measure",
                                          elem_id="num-levels")
                 c.bench_repeats = gr.Slider(1, 20, value=5, step=1, label="Speed measurement repeats",
                                             elem_id="bench-repeats")
@@ -98,11 +103,12 @@ def _train_tab(c: SimpleNamespace) -> None:
 
 
 def _compare_tab(c: SimpleNamespace) -> None:
-    c.level = gr.Slider(0, 1, value=1, step=1, interactive=False,
+    c.level = gr.Slider(0, MAX_LEVEL, value=0, step=1, interactive=False,
                         label="Compression level (available after training)", elem_id="level-slider")
     c.level_text = gr.Markdown(elem_id="level-text")
     c.table = gr.Dataframe(headers=views.COMPARE_HEADERS, label="At this level", interactive=False, wrap=True,
                            elem_id="compare-table")
+    gr.Markdown(views.TABLE_NOTE)
     c.verdicts = gr.Markdown(elem_id="verdicts")
     c.hint = gr.Markdown()
     c.chart = gr.Plot(label="Accuracy vs throughput (the current level is enlarged)", elem_id="compare-chart")
@@ -120,7 +126,7 @@ def _token_tab(c: SimpleNamespace, photos: list[str]) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             _image_picker(c, "tm", photos)
-            c.tm_level = gr.Slider(0, 1, value=1, step=1, interactive=False, label="Compression level")
+            c.tm_level = gr.Slider(0, MAX_LEVEL, value=0, step=1, interactive=False, label="Compression level")
             c.tm_btn = gr.Button("Show token maps", variant="primary")
             c.tm_tokens = gr.Dataframe(headers=["layer", "tokens in", "merged (r)", "tokens out"],
                                        label="Tokens per layer", interactive=False)
@@ -130,7 +136,7 @@ def _token_tab(c: SimpleNamespace, photos: list[str]) -> None:
             with gr.Row():
                 c.tm_tome = gr.Image(label="ToMe + LoRA: every layer", interactive=False)
                 c.tm_pyra = gr.Image(label="PYRA + LoRA: every layer", interactive=False)
-            c.tm_layer = gr.Slider(1, 12, value=1, step=1, label="Layer", interactive=False)
+            c.tm_layer = gr.Slider(1, MAX_LAYER, value=1, step=1, label="Layer", interactive=False)
             with gr.Row():
                 c.tm_tome_layer = gr.Image(label="ToMe + LoRA after this layer", interactive=False, height=260)
                 c.tm_pyra_layer = gr.Image(label="PYRA + LoRA after this layer", interactive=False, height=260)
@@ -141,8 +147,8 @@ def _layer_tab(c: SimpleNamespace, photos: list[str]) -> None:
         with gr.Column(scale=1):
             _image_picker(c, "il", photos)
             c.il_method = gr.Radio(["PYRA + LoRA", "ToMe + LoRA"], value="PYRA + LoRA", label="Model")
-            c.il_level = gr.Slider(0, 1, value=1, step=1, interactive=False, label="Compression level")
-            c.il_layer = gr.Slider(1, 12, value=1, step=1, interactive=False, label="Layer")
+            c.il_level = gr.Slider(0, MAX_LEVEL, value=0, step=1, interactive=False, label="Compression level")
+            c.il_layer = gr.Slider(1, MAX_LAYER, value=1, step=1, interactive=False, label="Layer")
             c.il_btn = gr.Button("Inspect layer", variant="primary")
         with gr.Column(scale=2):
             c.il_picture = gr.Image(label="Set A (orange) / set B (blue) and the merges chosen", interactive=False)
@@ -159,7 +165,7 @@ def _insights_tab(c: SimpleNamespace) -> None:
         c.ins_curve = gr.Plot(label="Training curve")
         c.ins_confusion = gr.Plot(label="Confusion matrix")
     c.ins_per_class = gr.Plot(label="Per-class accuracy")
-    c.tsne_btn = gr.Button("Compute t-SNE of validation features (runs the three models)")
+    c.tsne_btn = gr.Button("Compute t-SNE of the validation features")
     c.tsne_note = gr.Markdown()
     c.tsne_plot = gr.Plot(label="t-SNE")
 
@@ -242,7 +248,7 @@ def _wire(demo: gr.Blocks, c: SimpleNamespace) -> None:
         getattr(c, f"{prefix}_photo").input(h.pick_example_photo, getattr(c, f"{prefix}_photo"), image,
                                             api_visibility="private")
     c.tm_btn.click(h.show_token_maps, [c.session, c.tm_image, c.tm_level, c.tm_layer],
-                   [c.maps, c.tm_tome, c.tm_pyra, c.tm_tome_layer, c.tm_pyra_layer, c.tm_tokens],
+                   [c.maps, c.tm_tome, c.tm_pyra, c.tm_layer, c.tm_tome_layer, c.tm_pyra_layer, c.tm_tokens],
                    api_name="token_maps", concurrency_limit=MODEL_CONCURRENCY, concurrency_id="model")
     c.tm_layer.change(h.show_layer_maps, [c.maps, c.tm_layer], [c.tm_tome_layer, c.tm_pyra_layer],
                       show_progress="hidden", api_visibility="private")
@@ -278,4 +284,4 @@ def build_demo() -> gr.Blocks:
 
 def launch_kwargs() -> dict[str, Any]:
     """launch() arguments: host/port from GRADIO_SERVER_NAME/PORT (Gradio's defaults: 127.0.0.1:7860)."""
-    return {"allowed_paths": [str(work_root())], "css": CSS, "show_error": False}
+    return {"allowed_paths": [str(work_root())], "css": CSS, "show_error": False, "max_file_size": MAX_UPLOAD}

@@ -25,9 +25,11 @@ METHOD_LABELS = {
     "pyra": "PYRA + LoRA",
 }
 COMPARE_HEADERS = [
-    "Method", "Accuracy [95% interval]", "Latency ms, batch 1: median [p25-p75]",
-    "Throughput img/s: median [p25-p75]", "GFLOPs / image", "FLOPs ratio", "Threads",
+    "Method", "Accuracy [95% CI]", "Latency ms, batch 1", "Throughput img/s", "GFLOPs / image", "FLOPs ratio",
+    "Threads",
 ]
+TABLE_NOTE = ("Latency and throughput: median [25th-75th percentile] over the repeats, measured interleaved "
+              "on this machine. FLOPs ratio: uncompressed FLOPs / this model's.")
 RUN_FILES = ("config.json", "adapter.safetensors", "metrics.json")
 TOO_FEW_POINTS = 5.0  # a minimum detectable difference above this many points earns a warning
 PREVIEW_SIZE = 96  # pixels: tiny sample images are upscaled for the gallery
@@ -327,10 +329,18 @@ def sample_size_hint(rows: Sequence[dict]) -> str:
     return text
 
 
+def chart_rows(rows: Iterable[dict]) -> list[dict]:
+    """Rows for the accuracy-vs-throughput chart, with the method replaced by its display label."""
+    return [row | {"method": row.get("method_label") or METHOD_LABELS.get(row["method"], row["method"])}
+            for row in ordered_rows(rows)]
+
+
 def highlight_point(rows: Sequence[dict]) -> Optional[dict]:
-    """The chart point to emphasise at one level: PYRA's (else the first row's)."""
+    """The chart point to emphasise at one level (in `chart_rows` form): PYRA's, else the first row's."""
     chosen = next((row for row in rows if row["method"] == "pyra"), rows[0] if rows else None)
-    return None if chosen is None else {"method": chosen["method"], "schedule_label": chosen["schedule_label"]}
+    if chosen is None:
+        return None
+    return {"method": chart_rows([chosen])[0]["method"], "schedule_label": chosen["schedule_label"]}
 
 
 # ---------------------------------------------------------------- runs, insights, export
@@ -359,17 +369,29 @@ def export_run_zip(run_dir: Path, zip_path: Path) -> Path:
 
 
 def python_snippet(run_key: str, zip_name: str) -> str:
-    """How to use an exported run from Python with the pyra API."""
-    return f'''# pip install -r requirements.txt   (from the PYRA Studio repository)
+    """How to use an exported run from Python with the pyra API (runs as-is next to the zip)."""
+    folder = run_key.replace("@", "_seed")
+    return f'''# In the PYRA Studio repository (pip install -r requirements.txt):
 import zipfile
-from PIL import Image
-import pyra
-from pyra.checkpoint import load_run
-from pyra.predict import dataset_for, predict
 
-zipfile.ZipFile("{zip_name}").extractall("{run_key.replace("@", "_seed")}")
-model, config = load_run("{run_key.replace("@", "_seed")}")  # backbone + LoRA + PYRA/ToMe, ready for inference
-print(config.classes, model.merge_config)            # classes and the merge schedule it was trained with
-pyra.merge_lora(model)                                # fold LoRA into the weights: no extra cost at inference
-pyra.set_schedule(model, "high")                      # or fewer merges for more accuracy (PYRA: at most as trained)
+import torch
+from PIL import Image
+
+import pyra
+from pyra.backbone import data_config
+from pyra.checkpoint import load_run
+from pyra.data import make_transform, to_rgb
+
+IMAGE = "photo.jpg"  # any image to classify
+
+zipfile.ZipFile("{zip_name}").extractall("{folder}")
+model, config = load_run("{folder}")  # backbone + LoRA + merging, adapter loaded, eval mode
+pyra.merge_lora(model)                 # fold LoRA into the weights: no extra cost at inference
+print(config.classes, config.method, list(config.schedule))  # tokens merged per layer
+
+transform = make_transform(data_config(model), config.img_size)
+with torch.inference_mode():
+    logits = model(transform(to_rgb(Image.open(IMAGE)))[None])
+print(config.classes[int(logits.argmax())])
+# pyra.set_schedule(model, [r // 2 for r in config.schedule]) merges less: slower, often more accurate
 '''

@@ -45,7 +45,6 @@ def set_number(page, elem_id: str, value) -> None:
 
 
 @pytest.mark.browser
-@pytest.mark.slow
 def test_tiny_demo_in_the_browser(browser, tmp_path):
     from playwright.sync_api import expect
 

@@ -253,7 +253,31 @@ def test_session_dir_name_is_safe():
     assert session_dir_name(None).startswith("session-") and len(session_dir_name(None)) > 10
 
 
-def test_stop_sets_the_session_event(tmp_path):
-    session = Session(workdir=tmp_path)
-    assert "Stopping" in handlers.stop(session) and session.cancel.is_set()
+def test_stop_sets_the_session_event_of_a_running_job(tmp_path):
+    import threading
+
+    release = threading.Event()
+    session = Session(workdir=tmp_path, job=threading.Thread(target=release.wait))
+    assert handlers.stop(session) == "Nothing is running."
+    session.job.start()
+    try:
+        assert "Stopping" in handlers.stop(session) and session.cancel.is_set()
+        with pytest.raises(gr.Error, match="running"):  # no new data under a running job
+            handlers.load_sample(session, "textures", 6, 0.25, fake_request())
+    finally:
+        release.set()
+        session.job.join()
     assert handlers.stop(None) == "Nothing is running."
+
+
+def test_engine_error_during_training_reaches_status_and_popup():
+    session = handlers.load_sample(None, "textures", 6, 0.25, fake_request())[0]
+    updates = handlers.train(session, "vit_does_not_exist", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
+                             fake_request())
+    statuses = []
+    with pytest.raises(gr.Error) as caught:
+        for _, status, _ in updates:
+            statuses.append(status)
+    assert "not a timm model name" in caught.value.message and "Traceback" not in caught.value.message
+    assert statuses[0].startswith("**Starting**") and statuses[-1].startswith("**Training failed**")
+    assert not session.busy and session.result is None
