@@ -12,7 +12,9 @@ with a message that names the file and the fix.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -134,7 +136,8 @@ def _image_problem(path: Path, max_pixels: int) -> str | None:
         with Image.open(path) as image:
             width, height = image.size
             if width * height > max_pixels or width == 0 or height == 0:
-                return f"too large: {width}x{height} pixels (limit {max_pixels}, env PYRA_MAX_IMAGE_PIXELS)"
+                return (f"too large: {width}x{height} pixels, more than {max_pixels} "
+                        "(resize it, or raise PYRA_MAX_IMAGE_PIXELS)")
             image.verify()
         with Image.open(path) as image:
             image.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # JPEG: cheap reduced decode
@@ -142,7 +145,7 @@ def _image_problem(path: Path, max_pixels: int) -> str | None:
     except UnidentifiedImageError:
         return "not an image"
     except Image.DecompressionBombError as error:
-        return f"too large: {error}"
+        return f"too large: {error} (resize it)"
     except Exception as error:  # PIL raises many types for broken files; the file is skipped, not fatal
         return f"corrupt image: {type(error).__name__}: {error}"
     return None
@@ -205,7 +208,9 @@ def _from_folder(root: Path, source: str, skipped: list[SkippedFile], val_fracti
     if len(classes) < 2:
         raise DataError(f"{source}: need at least 2 class folders, found {classes or 'none'}. "
                         "Put each class's images in its own folder.")
+    _check_class_count(source, classes, limits)
     candidates, ignored = _scan(root, data_root, classes)
+    _check_files_per_class(source, candidates, max_per_class, limits)
     skipped = skipped + ignored
     records: list[ImageRecord] = []
     warnings: list[str] = []
@@ -216,10 +221,53 @@ def _from_folder(root: Path, source: str, skipped: list[SkippedFile], val_fracti
         if max_per_class and len(candidates[name]) > max_per_class:
             warnings.append(f"class {name!r}: using {len(paths)} of {len(candidates[name])} files (max_per_class)")
         records += [ImageRecord(label, p.relative_to(root).as_posix(), path=p) for p in paths]
+    warnings += _duplicate_warnings(records, classes)
     labels = np.array([r.label for r in records])
     train_idx, val_idx = _split_indices(labels, val_fraction, seed)
     return DatasetSplit(classes, [records[i] for i in train_idx], [records[i] for i in val_idx],
                         skipped, source, warnings)
+
+
+def _check_class_count(source: str, classes: list[str], limits: Limits) -> None:
+    if len(classes) > limits.max_classes:
+        raise DataError(
+            f"{source}: {len(classes)} class folders ({', '.join(classes[:3])}, ...), more than the limit of "
+            f"{limits.max_classes}. Keep one folder per class, not one per image or per photo session; "
+            "merge or remove classes (or raise PYRA_MAX_CLASSES)."
+        )
+
+
+def _check_files_per_class(source: str, candidates: dict[str, list[Path]], max_per_class: int | None,
+                           limits: Limits) -> None:
+    """Refuse, before any image is opened, a class that would use more files than the limit."""
+    limit = limits.max_images_per_class
+    over = {name: len(paths) for name, paths in candidates.items()
+            if min(len(paths), max_per_class or len(paths)) > limit}
+    if over:
+        listed = ", ".join(f"{name!r} has {count}" for name, count in list(over.items())[:3])
+        raise DataError(
+            f"{source}: too many files per class ({listed}; the limit is {limit} images per class). "
+            f"Use max_per_class={limit} or less to train on a random subset, upload fewer images per class "
+            "(or raise PYRA_MAX_IMAGES_PER_CLASS)."
+        )
+
+
+def _duplicate_warnings(records: list[ImageRecord], classes: list[str]) -> list[str]:
+    """A warning naming files whose bytes are identical but whose classes differ (one image, two labels)."""
+    first_seen: dict[bytes, ImageRecord] = {}
+    pairs: list[tuple[ImageRecord, ImageRecord]] = []
+    for record in records:
+        if record.path is None:
+            continue
+        seen = first_seen.setdefault(hashlib.sha256(record.path.read_bytes()).digest(), record)
+        if seen.label != record.label:
+            pairs.append((seen, record))
+    if not pairs:
+        return []
+    listed = "; ".join(f"'{a.name}' ({classes[a.label]}) = '{b.name}' ({classes[b.label]})" for a, b in pairs[:5])
+    more = f"; and {len(pairs) - 5} more" if len(pairs) > 5 else ""
+    return [f"{len(pairs)} image(s) appear in more than one class: {listed}{more}. "
+            "An image with two labels confuses training and validation: keep each in its right class only."]
 
 
 def _check_class_size(source: str, name: str, count: int, num_bad: int) -> None:
@@ -322,7 +370,11 @@ def _load_split(text: str, workdir: Path, val_fraction: float, seed: int, max_pe
         raise DataError(f"{text}: not found. Give a .zip file, a folder with one sub-folder per class, "
                         f"or one of {[SAMPLE_PREFIX + s.name for s in list_samples()]}.")
     root, skipped = extract_zip(path, workdir, limits)
-    return _from_folder(root, path.name, skipped, val_fraction, seed, max_per_class, limits)
+    try:
+        return _from_folder(root, path.name, skipped, val_fraction, seed, max_per_class, limits)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)  # a refused upload leaves nothing behind
+        raise
 
 
 # ---------------------------------------------------------------- torch side

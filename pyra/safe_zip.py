@@ -1,10 +1,33 @@
-"""Safe extraction of an untrusted zip archive into a work directory.
+"""Safe extraction of an untrusted zip archive into a work directory, and the limits on untrusted input.
 
-The whole archive is checked before anything is written: entry count, declared size,
-path traversal (``..``, absolute paths, drive letters), symlinks and encryption. Bytes
-actually written are counted too, so a zip whose headers lie about sizes still stops
-at the limit. ``__MACOSX`` metadata, hidden files and nested zips are not extracted;
-they are returned as skipped files with a reason.
+The whole archive is checked before anything is written: upload size (before the zip is
+even opened), entry count, declared size, compression ratio, path traversal (``..``,
+absolute paths, drive letters), symlinks and encryption. Bytes actually written are
+counted too, so a zip whose headers lie about sizes still stops at the limit.
+``__MACOSX`` metadata, hidden files and nested zips are not extracted; they are returned
+as skipped files with a reason.
+
+Limits (`Limits`; ``Limits.from_env()`` reads the environment, a bad value is an error naming it):
+
+==========================  ==================  ===========================  =============================
+limit                       default             environment variable         when it is checked
+==========================  ==================  ===========================  =============================
+upload size (zip file)      200 MB              PYRA_MAX_UPLOAD_MB           before the zip is opened
+entries in the zip          20,000              PYRA_MAX_ZIP_ENTRIES         before extraction
+total uncompressed size     1024 MB             PYRA_MAX_UNZIPPED_MB         before and during extraction
+compression ratio / entry   200:1 (entries      PYRA_MAX_COMPRESSION_RATIO   before extraction (zip bombs)
+                            over 1 MB only)
+pixels per image            40,000,000          PYRA_MAX_IMAGE_PIXELS        per image, before decoding;
+                                                                             larger images are skipped
+images per class            5,000               PYRA_MAX_IMAGES_PER_CLASS    before any image is opened
+                            (files; a                                        (``max_per_class`` at or below
+                            max_per_class cap                                the limit makes a larger
+                            counts instead)                                  class usable)
+classes                     100                 PYRA_MAX_CLASSES             before any image is opened
+==========================  ==================  ===========================  =============================
+
+Pillow refuses images over ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (about 179 million pixels)
+whatever PYRA_MAX_IMAGE_PIXELS says.
 """
 
 from __future__ import annotations
@@ -19,9 +42,14 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_MAX_UPLOAD_MB = 200            # size of the uploaded zip file itself
 DEFAULT_MAX_ZIP_ENTRIES = 20_000        # files + folders in one archive
 DEFAULT_MAX_UNZIPPED_MB = 1024          # total uncompressed size
+DEFAULT_MAX_COMPRESSION_RATIO = 200     # uncompressed / compressed, per entry (JPEG / PNG stay below 2)
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000   # width * height of one image
+DEFAULT_MAX_IMAGES_PER_CLASS = 5_000    # files in one class folder
+DEFAULT_MAX_CLASSES = 100               # class folders
+RATIO_CHECK_MIN_BYTES = 2**20           # smaller entries are never refused for their ratio
 _CHUNK_BYTES = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -32,18 +60,27 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Caps on untrusted input. ``from_env`` reads the ``PYRA_MAX_*`` overrides."""
+    """Caps on untrusted input, checked before work starts. ``from_env`` reads the ``PYRA_MAX_*`` overrides."""
 
     max_zip_entries: int = DEFAULT_MAX_ZIP_ENTRIES
     max_unzipped_bytes: int = DEFAULT_MAX_UNZIPPED_MB * 2**20
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 2**20
+    max_compression_ratio: int = DEFAULT_MAX_COMPRESSION_RATIO  # for entries over RATIO_CHECK_MIN_BYTES
+    max_images_per_class: int = DEFAULT_MAX_IMAGES_PER_CLASS
+    max_classes: int = DEFAULT_MAX_CLASSES
 
     @classmethod
     def from_env(cls) -> Limits:
+        """Defaults overridden by PYRA_MAX_* variables; ValueError naming a variable that is not a positive integer."""
         return cls(
             max_zip_entries=_env_int("PYRA_MAX_ZIP_ENTRIES", DEFAULT_MAX_ZIP_ENTRIES),
             max_unzipped_bytes=_env_int("PYRA_MAX_UNZIPPED_MB", DEFAULT_MAX_UNZIPPED_MB) * 2**20,
             max_image_pixels=_env_int("PYRA_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+            max_upload_bytes=_env_int("PYRA_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB) * 2**20,
+            max_compression_ratio=_env_int("PYRA_MAX_COMPRESSION_RATIO", DEFAULT_MAX_COMPRESSION_RATIO),
+            max_images_per_class=_env_int("PYRA_MAX_IMAGES_PER_CLASS", DEFAULT_MAX_IMAGES_PER_CLASS),
+            max_classes=_env_int("PYRA_MAX_CLASSES", DEFAULT_MAX_CLASSES),
         )
 
 
@@ -62,10 +99,20 @@ def _env_int(name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} must be a positive integer") from None
+        value = 0
     if value <= 0:
-        raise ValueError(f"environment variable {name}={raw!r} must be a positive integer")
+        raise ValueError(f"environment variable {name}={raw!r} must be a positive whole number; "
+                         f"fix it or unset it to use the default {default}")
     return value
+
+
+def size_text(num_bytes: float) -> str:
+    """Bytes for humans: '512 bytes', '3.4 KB', '201.0 MB'."""
+    if num_bytes < 1024:
+        return f"{num_bytes:.0f} bytes"
+    if num_bytes < 2**20:
+        return f"{num_bytes / 1024:.1f} KB"
+    return f"{num_bytes / 2**20:.1f} MB"
 
 
 def ignored_reason(parts: tuple[str, ...]) -> str | None:
@@ -110,14 +157,30 @@ def _check_archive(zf: zipfile.ZipFile, archive: str, limits: Limits) -> list[tu
             f"{archive}: {len(infos)} entries, more than the limit of {limits.max_zip_entries}. "
             "Use fewer images (or raise PYRA_MAX_ZIP_ENTRIES)."
         )
+    for info in infos:
+        _check_ratio(info, archive, limits)
     total = sum(info.file_size for info in infos)
     if total > limits.max_unzipped_bytes:
         raise DataError(
-            f"{archive}: {total / 2**20:.0f} MB uncompressed, more than the limit of "
-            f"{limits.max_unzipped_bytes / 2**20:.0f} MB. Use fewer or smaller images "
+            f"{archive}: {size_text(total)} uncompressed, more than the limit of "
+            f"{size_text(limits.max_unzipped_bytes)}. Use fewer or smaller images "
             "(or raise PYRA_MAX_UNZIPPED_MB)."
         )
     return [(info, _entry_parts(info, archive)) for info in infos]
+
+
+def _check_ratio(info: zipfile.ZipInfo, archive: str, limits: Limits) -> None:
+    """Refuse an entry that declares it expands far more than images do (a zip bomb)."""
+    if info.file_size <= RATIO_CHECK_MIN_BYTES:
+        return
+    ratio = info.file_size / max(info.compress_size, 1)
+    if ratio > limits.max_compression_ratio:
+        raise DataError(
+            f"{archive}: entry {info.filename!r} expands {ratio:.0f}:1 ({size_text(info.compress_size)} -> "
+            f"{size_text(info.file_size)}), more than the limit of {limits.max_compression_ratio}:1; "
+            "this looks like a zip bomb. Zip ordinary image files (JPEG, PNG) "
+            "(or raise PYRA_MAX_COMPRESSION_RATIO)."
+        )
 
 
 def _copy_capped(src, dst, budget: int, archive: str, name: str) -> int:
@@ -143,6 +206,13 @@ def extract_zip(zip_path: Path, workdir: Path, limits: Limits) -> tuple[Path, li
     archive = zip_path.name
     if not zip_path.is_file():
         raise DataError(f"{zip_path}: file not found. Check the path.")
+    upload_bytes = zip_path.stat().st_size
+    if upload_bytes > limits.max_upload_bytes:
+        raise DataError(
+            f"{archive}: the upload is {size_text(upload_bytes)}, more than the limit of "
+            f"{size_text(limits.max_upload_bytes)}. Upload fewer or smaller images, e.g. resized to "
+            "at most 512 px a side (or raise PYRA_MAX_UPLOAD_MB)."
+        )
     if not zipfile.is_zipfile(zip_path):
         raise DataError(f"{archive}: not a zip archive, or truncated. Upload a .zip with one folder per class.")
     workdir.mkdir(parents=True, exist_ok=True)
