@@ -118,7 +118,7 @@ class MergingAttention(Attention):
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         B, N, _ = x.shape
-        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, H, N, Dh]
         q, k = self.q_norm(q), self.k_norm(k)
