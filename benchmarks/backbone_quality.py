@@ -12,7 +12,6 @@ import argparse
 import json
 import platform
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,8 +28,7 @@ def run(backbone: str, epochs: int, out: Path) -> dict:
         data = load_dataset("sample:fashion", Path(workdir))
         train_config = TrainConfig(epochs=epochs, batch_size=16, lr=5e-3, pyra_lr=5e-3)
         config = make_run_config(data, backbone=backbone, img_size=112, method="none", lora_rank=4,
-                                 train_config=train_config)
-        config = replace(config, drop_path_rate=0.0, lora_dropout=0.0)
+                                 lora_dropout=0.0, drop_path_rate=0.0, train_config=train_config)
         _, result, report = train_run(data, config, out / backbone.replace(":", "_"))
     return {
         "backbone": backbone,

@@ -77,6 +77,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=1e-3, help="LoRA + head learning rate")
     parser.add_argument("--pyra-lr", type=float, default=1e-3, help="PYRA learning rate")
     parser.add_argument("--lora-rank", type=int, default=4)
+    parser.add_argument("--lora-dropout", type=float, default=0.1, help="dropout on the LoRA input (paper: 0.1)")
+    parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (paper: 0.1)")
     parser.add_argument("--json", action="store_true", help="print only JSON")
 
 
@@ -119,8 +121,8 @@ def run_train(args: argparse.Namespace) -> int:
         data = _load_data(args.data, Path(workdir), args.val_fraction, args.split_seed)
         config = make_run_config(
             data, backbone=args.backbone, backbone_weights=args.weights, img_size=args.img_size, method=args.method,
-            schedule=parse_schedule(args.schedule), lora_rank=args.lora_rank,
-            train_config=_train_config(args, args.seed), seed=args.seed,
+            schedule=parse_schedule(args.schedule), lora_rank=args.lora_rank, lora_dropout=args.lora_dropout,
+            drop_path_rate=args.drop_path, train_config=_train_config(args, args.seed), seed=args.seed,
         )
         progress = _ProgressLine(not args.json)
         model, result, report = train_run(data, config, args.out, on_progress=progress)
@@ -234,7 +236,8 @@ def _numbers(text: str, kind: type, what: str) -> tuple:
 def run_compare_command(args: argparse.Namespace) -> int:
     config = CompareConfig(
         backbone=args.backbone, weights=args.weights, img_size=args.img_size, schedule=parse_schedule(args.schedule),
-        lora_rank=args.lora_rank, train=_train_config(args, 0), seeds=_numbers(args.seeds, int, "seeds"),
+        lora_rank=args.lora_rank, lora_dropout=args.lora_dropout, drop_path_rate=args.drop_path,
+        train=_train_config(args, 0), seeds=_numbers(args.seeds, int, "seeds"),
         levels=_numbers(args.levels, float, "levels"), bench_batch=args.bench_batch, bench_repeats=args.bench_repeats,
     )
     with tempfile.TemporaryDirectory(prefix="pyra-data-") as workdir:

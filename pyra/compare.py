@@ -47,6 +47,8 @@ class CompareConfig:
     img_size: Optional[int] = None  # None: the backbone's CPU/GPU default
     schedule: ScheduleSpec = "high"  # target compression PYRA and ToMe are trained at
     lora_rank: int = 4
+    lora_dropout: float = 0.1  # paper recipe; 0 suits a few CPU epochs better
+    drop_path_rate: float = 0.1
     train: TrainConfig = field(default_factory=TrainConfig)
     seeds: tuple[int, ...] = (0,)
     levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # fractions of the target schedule
@@ -217,6 +219,7 @@ def _train_one(data: DatasetSplit, config: CompareConfig, name: str, seed: int, 
     run_config = make_run_config(
         data, backbone=config.backbone, backbone_weights=config.weights, img_size=config.img_size,
         method=TRAINED_METHODS[name], schedule=config.schedule, lora_rank=config.lora_rank,
+        lora_dropout=config.lora_dropout, drop_path_rate=config.drop_path_rate,
         train_config=replace(config.train, seed=seed), seed=seed, device=config.device,
     )
     label, share = METHOD_LABELS[name], 0.9 / jobs

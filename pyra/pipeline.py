@@ -30,6 +30,8 @@ def make_run_config(
     method: Method = "pyra",
     schedule: ScheduleSpec = "high",
     lora_rank: int = 4,
+    lora_dropout: float = 0.1,
+    drop_path_rate: float = 0.1,
     train_config: TrainConfig = TrainConfig(),
     seed: int = 0,
     device: str = "cpu",
@@ -41,7 +43,8 @@ def make_run_config(
     return RunConfig(
         backbone=backbone, backbone_weights=backbone_weights, img_size=img_size,
         num_classes=len(data.classes), classes=tuple(data.classes), schedule=tuple(resolved),
-        method=method, lora_rank=lora_rank, train=train_config, data_source=data.source,
+        method=method, lora_rank=lora_rank, lora_dropout=lora_dropout, drop_path_rate=drop_path_rate,
+        train=train_config, data_source=data.source,
         val_fraction=data.val_fraction, split_seed=data.split_seed, max_per_class=data.max_per_class, seed=seed,
     )
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from pyra.samples import example_photos, list_samples
 from pyra_app import handlers as h
 from pyra_app import views
 from pyra_app.session import end_session, sweep_old_sessions, work_root
@@ -98,8 +99,7 @@ def _train_tab(c: SimpleNamespace) -> None:
                 c.stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop-btn")
             c.status = gr.Markdown("Load data, then press **Train and compare**.", elem_classes="pyra-status",
                                    elem_id="train-status")
-            c.losses = gr.LinePlot(h._empty_losses(), x="step", y="loss", color="run", label="Training loss",
-                                   title="Training loss per run", height=320)
+            c.losses = gr.Plot(label="Training loss", elem_id="loss-chart")
 
 
 def _compare_tab(c: SimpleNamespace) -> None:
@@ -269,10 +269,6 @@ def _wire(demo: gr.Blocks, c: SimpleNamespace) -> None:
 
 def build_demo() -> gr.Blocks:
     """The app, with nothing loaded yet (models load when a handler needs one)."""
-    from pyra.samples import list_samples
-
-    from pyra.samples import example_photos
-
     sweep_old_sessions()
     photos = list(example_photos())
     with gr.Blocks(title=TITLE) as demo:

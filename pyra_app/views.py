@@ -1,8 +1,8 @@
 """Pure functions that turn engine objects into what the UI shows (text, tables, settings).
 
-No Gradio and no torch here: everything takes plain engine results (or duck-typed look-alikes)
-and returns strings, lists of rows, PIL images or engine config objects, so it is unit-tested
-without a server.
+No Gradio and no tensor code here: everything takes plain engine results (or duck-typed
+look-alikes) and returns strings, rows, PIL images, plotly figures or engine config objects,
+so it is unit-tested without a server.
 """
 from __future__ import annotations
 
@@ -13,9 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import plotly.graph_objects as go
 from PIL import Image
 
+from pyra.compare import CompareConfig
+from pyra.schedule import parse_schedule
 from pyra.stats import min_detectable_difference
+from pyra.train import TrainConfig
 
 METHOD_ORDER = ("uncompressed", "tome_free", "tome", "pyra")
 METHOD_LABELS = {
@@ -102,8 +106,8 @@ class TrainSettings:
     batch_size: int = 32
     lr: float = 1e-3
     pyra_lr: float = 1e-3
-    schedule: str = "high"
-    seeds: str = "0"
+    schedule: str = "high"  # as typed: low / high / r / r1,r2,... / FLOPs ratio (see pyra.schedule.parse_schedule)
+    seeds: tuple[int, ...] = (0,)
     num_levels: int = 5
     bench_repeats: int = 5
 
@@ -166,28 +170,22 @@ def train_settings(backbone: str, weights: Optional[str], img_size: Any, lora_ra
         lr=_positive_float(lr, "learning rate"),
         pyra_lr=_positive_float(pyra_lr, "PYRA learning rate"),
         schedule=str(schedule or "high").strip(),
-        seeds=str(seeds),
+        seeds=parse_seeds(seeds),
         num_levels=_positive_int(num_levels, "compression levels", low=2),
         bench_repeats=_positive_int(bench_repeats, "benchmark repeats"),
     )
 
 
-def compare_config(settings: TrainSettings) -> Any:
+def compare_config(settings: TrainSettings) -> CompareConfig:
     """A `pyra.compare.CompareConfig` from validated settings (ValueError on a bad schedule)."""
-    from pyra.schedule import parse_schedule
-
     if settings.weights and settings.backbone == "default":
         raise ValueError("a weights file needs the timm architecture it was saved from as the backbone, "
                          "e.g. vit_small_patch16_224 (not 'default')")
-    seeds, levels = parse_seeds(settings.seeds), level_fractions(settings.num_levels)
+    levels = level_fractions(settings.num_levels)
     try:
         schedule = parse_schedule(settings.schedule)
     except ValueError as error:
         raise ValueError(f"target compression: {error}") from None
-
-    from pyra.compare import CompareConfig
-    from pyra.train import TrainConfig
-
     return CompareConfig(
         backbone=settings.backbone,
         weights=settings.weights,
@@ -196,10 +194,23 @@ def compare_config(settings: TrainSettings) -> Any:
         lora_rank=settings.lora_rank,
         train=TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                           pyra_lr=settings.pyra_lr),
-        seeds=seeds,
+        seeds=settings.seeds,
         levels=levels,
         bench_repeats=settings.bench_repeats,
     )
+
+
+def loss_figure(losses: Sequence[dict]) -> Any:
+    """Live training loss: one line per run, from {"step", "loss", "run"} items (runs in order of appearance)."""
+    figure = go.Figure()
+    for run in dict.fromkeys(item["run"] for item in losses):
+        points = [item for item in losses if item["run"] == run]
+        figure.add_trace(go.Scatter(x=[p["step"] for p in points], y=[p["loss"] for p in points], mode="lines",
+                                    name=run))
+    figure.update_layout(title="Training loss per run", xaxis_title="step", yaxis_title="loss", height=340,
+                         margin=dict(l=50, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.25),
+                         uirevision="losses")  # keep the user's zoom while the chart updates
+    return figure
 
 
 def format_duration(seconds: Optional[float]) -> str:
@@ -220,6 +231,8 @@ def progress_status(progress: Any, elapsed_s: float) -> str:
     parts = [f"**{progress.stage}** ({100 * progress.fraction:.0f}%)"]
     if progress.step is not None and progress.total_steps:
         parts.append(f"step {progress.step}/{progress.total_steps}")
+    elif progress.message:
+        parts.append(progress.message)
     if progress.loss is not None and math.isfinite(progress.loss):
         parts.append(f"loss {progress.loss:.3f}")
     if progress.val_accuracy is not None:

@@ -68,6 +68,7 @@ def test_tiny_demo_in_the_browser(browser, tmp_path):
         set_number(page, "bench-repeats", 1)
         page.locator("#train-btn").click()
         expect(page.locator("#train-status")).to_contain_text("Done", timeout=TRAIN_TIMEOUT_MS)
+        expect(page.locator("#loss-chart .js-plotly-plot")).to_be_visible(timeout=30_000)
 
         page.get_by_role("tab", name="3. Compare").click()
         level_text, table = page.locator("#level-text"), page.locator("#compare-table")

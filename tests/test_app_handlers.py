@@ -206,6 +206,9 @@ def test_progress_status_line():
     line = views.progress_status(progress, elapsed_s=60.0)
     assert "train PYRA + LoRA" in line and "step 3/10" in line and "loss 1.235" in line
     assert "12 s left" in line and "~1 min 00 s left" in line
+    sweep = SimpleNamespace(stage="accuracy", fraction=0.93, message="accuracy at 8 tokens merged", step=None,
+                            total_steps=None, eta_s=None, loss=None, val_accuracy=None)
+    assert "accuracy at 8 tokens merged" in views.progress_status(sweep, elapsed_s=90.0)
 
 
 # ---------------------------------------------------------------- export
@@ -281,3 +284,11 @@ def test_engine_error_during_training_reaches_status_and_popup():
     assert "not a timm model name" in caught.value.message and "Traceback" not in caught.value.message
     assert statuses[0].startswith("**Starting**") and statuses[-1].startswith("**Training failed**")
     assert not session.busy and session.result is None
+
+
+def test_loss_figure_draws_one_line_per_run_in_order():
+    losses = [{"step": 1, "loss": 2.0, "run": "uncompressed"}, {"step": 2, "loss": 1.5, "run": "uncompressed"},
+              {"step": 1, "loss": 2.1, "run": "pyra"}]
+    figure = views.loss_figure(losses)
+    assert [trace.name for trace in figure.data] == ["uncompressed", "pyra"]
+    assert list(figure.data[0].y) == [2.0, 1.5]
