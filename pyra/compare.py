@@ -201,7 +201,7 @@ def run_compare(
         run_dir = out_dir / f"seed{seed}" / name
         result = _train_one(data, config, name, seed, run_dir, job_index, len(jobs), report, cancel)
         run_dirs[f"{name}@{seed}"] = run_dir
-        histories[f"{name}@{seed}"] = result.history
+        histories[f"{name}@{seed}"] = result.history + result.epochs  # steps, then per-epoch validation
         if result.status != "completed":
             partial = CompareResult(out_dir, data.classes, [], [], {}, histories, run_dirs, result.status, result.message)
             partial.save()
@@ -272,11 +272,12 @@ def _accuracies(models: dict, levels: list[Level], val_set, classes, seeds, repo
             for name, key, method in _evaluations(seed):
                 schedule = tuple(level.schedule) if name != "uncompressed" else (0,) * len(level.schedule)
                 cache_key = (key, method if any(schedule) else "none", schedule)
-                if cache_key not in cache:
+                wanted = level is levels[-1] and seed == seeds[0]  # reports and features at the target
+                if cache_key not in cache or wanted:
                     evaluation, predictions = evaluate(models[key], val_set, classes, schedule=list(schedule),
-                                                       method=method, with_features=level is levels[-1])
+                                                       method=method, with_features=wanted)
                     cache[cache_key] = predictions.correct
-                    if level is levels[-1] and seed == seeds[0]:
+                    if wanted:
                         reports[name] = evaluation.to_dict()
                         features[name] = predictions.features
                         features["labels"] = predictions.labels

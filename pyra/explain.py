@@ -14,7 +14,7 @@ from pyra.checkpoint import load_run
 from pyra.data import make_transform, to_rgb
 from pyra.patch import Method, geometry, layer_records, set_schedule
 from pyra.schedule import tokens_per_layer
-from pyra.vis import gate_histogram, layer_inspector, token_map_panel
+from pyra.vis import gate_histogram, layer_inspector, token_map, token_map_panel
 
 EXPLANATION = r"""
 **Token merging (ToMe).** After attention, each layer splits its tokens alternately into
@@ -34,6 +34,7 @@ the LayerNorm are learned per layer; at initialisation $W_D = 0$ and PYRA equals
 @dataclass(frozen=True)
 class TokenMaps:
     panel: Image.Image  # one tile per layer
+    layers: list[Image.Image]  # the same maps, one image per layer
     tokens: list[int]  # tokens entering each block, then the tokens left after the last
     schedule: list[int]
     method: str
@@ -91,7 +92,8 @@ def token_maps(
     sources = [record.source[0] for record in traced.records]
     titles = [f"layer {i + 1}: {traced.tokens[i + 1]} tokens" for i in range(len(sources))]
     panel = token_map_panel(traced.picture, sources, traced.grid, traced.num_prefix, titles=titles)
-    return TokenMaps(panel, traced.tokens, traced.schedule, traced.method)
+    layers = [token_map(traced.picture, source, traced.grid, traced.num_prefix) for source in sources]
+    return TokenMaps(panel, layers, traced.tokens, traced.schedule, traced.method)
 
 
 def inspect_layer(

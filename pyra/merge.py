@@ -75,6 +75,17 @@ def _protected_order(num_protected: int) -> list[int]:
     return [j // 2 if j % 2 == 0 else num_a + j // 2 for j in range(num_protected)]
 
 
+def _assemble(unmerged: Tensor, b: Tensor, num_protected: int) -> Tensor:
+    """[B, N_A - r, C] kept A tokens + [B, N_B, C] B tokens -> [B, N - r, C] in output order:
+    protected tokens first (original order), then the other kept A tokens, then the B tokens.
+    B token j (never protected once merged into) lands at position N_A - r + j."""
+    num_a, num_b = math.ceil(num_protected / 2), num_protected // 2
+    if num_b == 0:
+        return torch.cat([unmerged, b], dim=1)
+    prefix = torch.cat([unmerged[:, :num_a], b[:, :num_b]], dim=1)[:, _protected_order(num_protected)]
+    return torch.cat([prefix, unmerged[:, num_a:], b[:, num_b:]], dim=1)
+
+
 def merge(
     matching: Matching,
     x: Tensor,
@@ -93,12 +104,14 @@ def merge(
     if modulate is not None:
         src = modulate(src, b.gather(1, dst_index))
     b = b.scatter_reduce(1, dst_index, src.to(b.dtype), reduce=reduce)
-    num_protected = matching.num_protected
-    num_a, num_b = math.ceil(num_protected / 2), num_protected // 2
-    if num_b == 0:
-        return torch.cat([unmerged, b], dim=1)
-    prefix = torch.cat([unmerged[:, :num_a], b[:, :num_b]], dim=1)[:, _protected_order(num_protected)]
-    return torch.cat([prefix, unmerged[:, num_a:], b[:, num_b:]], dim=1)
+    return _assemble(unmerged, b, matching.num_protected)
+
+
+def _kept_positions(matching: Matching, num_tokens: int) -> Tensor:
+    """[B, N - r] positions in the input of the tokens that stay, in output order."""
+    batch = matching.unm_idx.shape[0]
+    b_positions = torch.arange(1, num_tokens, 2, device=matching.unm_idx.device).expand(batch, -1)
+    return _assemble((2 * matching.unm_idx)[..., None], b_positions[..., None], matching.num_protected)[..., 0]
 
 
 def merge_weighted(
@@ -106,12 +119,23 @@ def merge_weighted(
 ) -> tuple[Tensor, Tensor]:
     """x: [B, N, C], size: [B, N, 1] -> both with N - r tokens; tokens averaged by size.
 
-    Sources and destinations are multiplied by their sizes before `modulate` sees them;
-    sizes add unmodulated.
+    A destination d that receives sources i becomes (s_d x_d + sum_i S_i) / (s_d + sum_i s_i),
+    with S_i = s_i x_i (or, with `modulate`, the modulated S_i; modulate sees sources and
+    destinations multiplied by their sizes); sizes add unmodulated. Only the r merged rows are
+    computed: every other token is copied once, in output order.
     """
-    weighted = merge(matching, x * size, "sum", modulate)
-    new_size = merge(matching, size, "sum")
-    return (weighted / new_size).to(x.dtype), new_size
+    batch, num_tokens, channels = x.shape
+    new_size = merge(matching, size, "sum")  # [B, N - r, 1]
+    out = x.gather(1, _kept_positions(matching, num_tokens)[..., None].expand(-1, -1, channels))
+    src_pos, dst_pos = 2 * matching.src_idx[..., None], 2 * matching.dst_idx[..., None] + 1  # [B, r, 1]
+    src, dst = x.gather(1, src_pos.expand(-1, -1, channels)), x.gather(1, dst_pos.expand(-1, -1, channels))
+    src_size, dst_size = size.gather(1, src_pos), size.gather(1, dst_pos)
+    weighted_src = src * src_size
+    if modulate is not None:
+        weighted_src = modulate(weighted_src, dst * dst_size)
+    out_dst = (math.ceil(num_tokens / 2) - matching.r) + matching.dst_idx[..., None]  # [B, r, 1] in `out`
+    delta = (weighted_src - src_size * dst) / new_size.gather(1, out_dst)
+    return out.scatter_add(1, out_dst.expand(-1, -1, channels), delta.to(out.dtype)), new_size
 
 
 def merge_source(matching: Matching, source: Tensor) -> Tensor:

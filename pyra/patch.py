@@ -62,9 +62,12 @@ class MergeState:
             return None
         return self.size.log().to(dtype).transpose(1, 2)[:, None]
 
-    def merge(self, layer: int, x: Tensor, metric: Tensor, modulator: Optional[TokenModulator]) -> Tensor:
-        """x: [B, N, D], metric: [B, N, Dh] -> x with N - r tokens (r from the schedule)."""
-        r = self.config.schedule[layer] if self.config.method != "none" else 0
+    def merges_at(self, layer: int) -> bool:
+        return self.config.method != "none" and self.config.schedule[layer] > 0
+
+    def merge(self, layer: int, x: Tensor, metric: Optional[Tensor], modulator: Optional[TokenModulator]) -> Tensor:
+        """x: [B, N, D], metric: [B, N, Dh] (None when this layer does not merge) -> x with N - r tokens."""
+        r = self.config.schedule[layer] if self.merges_at(layer) else 0
         matching = bipartite_soft_matching(metric, r, self.num_protected) if r > 0 else None
         gates: list[Optional[Tensor]] = [None, None]  # channel, token gate (filled when tracing PYRA)
         if matching is not None and matching.r > 0:
@@ -77,15 +80,15 @@ class MergeState:
                 modulate = self._recording(modulator, gates)
             x, self.size = merge_weighted(matching, x, size, modulate)
             if self.config.trace_source:
-                self.source = merge_source(matching, self._input_source(metric))
+                self.source = merge_source(matching, self._input_source(x.shape[0], metric.shape[1], x.device))
         if self.config.trace_source:
             self._record(x, matching, gates)
         return x
 
-    def _input_source(self, metric: Tensor) -> Tensor:
+    def _input_source(self, batch: int, num_tokens: int, device: torch.device) -> Tensor:
+        """[B, N, N_0] map of the tokens entering this layer (the identity before any merge)."""
         if self.source is None:
-            batch, num_tokens, _ = metric.shape
-            self.source = torch.eye(num_tokens, device=metric.device)[None].expand(batch, -1, -1)
+            self.source = torch.eye(num_tokens, device=device)[None].expand(batch, -1, -1)
         return self.source
 
     @staticmethod
@@ -111,12 +114,14 @@ class MergeState:
 class MergingAttention(Attention):
     """timm Attention that also returns its keys averaged over heads (the merge metric).
 
-    Modifications vs timm Attention.forward: returns (output, keys [B, N, head_dim]) and
-    casts a float attention mask to the query dtype. Fused SDPA, q/k-norm, the output norm
+    Modifications vs timm Attention.forward: returns (output, keys [B, N, head_dim] or None
+    when `with_keys` is False) and casts a float attention mask to the query dtype. Fused SDPA, q/k-norm, the output norm
     and the output gate are kept as upstream.
     """
 
-    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, attn_mask: Optional[Tensor] = None, with_keys: bool = True
+    ) -> tuple[Tensor, Optional[Tensor]]:
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -138,7 +143,7 @@ class MergingAttention(Attention):
         if gate is not None:
             x = x * gate
         x = self.proj_drop(self.proj(x))
-        return x, k.mean(dim=1)
+        return x, k.mean(dim=1) if with_keys else None
 
 
 class MergingBlock(Block):
@@ -153,9 +158,11 @@ class MergingBlock(Block):
     pyra: Optional[TokenModulator]
 
     def forward(self, x: Tensor, state: MergeState) -> Tensor:  # type: ignore[override]
-        attn_out, metric = self.attn(self.norm1(x), attn_mask=state.attention_bias(x.dtype))
+        merges = state.merges_at(self.layer_index)
+        attn_out, metric = self.attn(self.norm1(x), attn_mask=state.attention_bias(x.dtype), with_keys=merges)
         x = x + self.drop_path1(self.ls1(attn_out))
-        x = state.merge(self.layer_index, x, metric, self.pyra)
+        if merges or state.config.trace_source:
+            x = state.merge(self.layer_index, x, metric, self.pyra)
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 

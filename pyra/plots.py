@@ -11,11 +11,11 @@ from torch import Tensor
 
 METHOD_NAMES = {
     "uncompressed": "uncompressed (LoRA)",
-    "tome": "ToMe (training-free)",
-    "tome_trained": "ToMe + LoRA",
+    "tome_free": "ToMe training-free",
+    "tome": "ToMe + LoRA",
     "pyra": "PYRA + LoRA",
 }
-METHOD_COLOURS = {"uncompressed": "#444444", "tome": "#9aa6b2", "tome_trained": "#1f77b4", "pyra": "#d62728"}
+METHOD_COLOURS = {"uncompressed": "#444444", "tome_free": "#9aa6b2", "tome": "#1f77b4", "pyra": "#d62728"}
 _PALETTE = qualitative.Plotly
 _EXACT_TSNE_MAX = 500  # points up to which exact t-SNE beats Barnes-Hut on CPU
 

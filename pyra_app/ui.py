@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from pyra.safe_zip import Limits
 from pyra.samples import example_photos, list_samples
 from pyra_app import handlers as h
 from pyra_app import views
@@ -26,7 +27,7 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 TRAIN_CONCURRENCY = int(os.environ.get("PYRA_TRAIN_CONCURRENCY", "1"))  # training jobs at once, all sessions
 MODEL_CONCURRENCY = 2  # token maps / layer inspection / t-SNE at once (each loads a model)
 CSS = ".pyra-status {min-height: 2.5em}"
-MAX_UPLOAD = os.environ.get("PYRA_MAX_UPLOAD", "1gb")  # zips and weights files
+MAX_WEIGHTS_BYTES = 2**30  # an uploaded backbone weights file (zips have their own, smaller limit)
 MAX_LEVELS = 9  # the Train tab's largest number of compression levels
 # Before training, level and layer sliders span every value a comparison can have, so API calls made
 # without /results first are not refused by Gradio's bounds check; /results narrows them.
@@ -280,4 +281,6 @@ def build_demo() -> gr.Blocks:
 
 def launch_kwargs() -> dict[str, Any]:
     """launch() arguments: host/port from GRADIO_SERVER_NAME/PORT (Gradio's defaults: 127.0.0.1:7860)."""
-    return {"allowed_paths": [str(work_root())], "css": CSS, "show_error": False, "max_file_size": MAX_UPLOAD}
+    limits = Limits.from_env()  # a bad PYRA_MAX_* value stops the launch with its message, not a request later
+    return {"allowed_paths": [str(work_root())], "css": CSS, "show_error": False,
+            "max_file_size": max(MAX_WEIGHTS_BYTES, limits.max_upload_bytes)}

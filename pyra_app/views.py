@@ -110,6 +110,7 @@ class TrainSettings:
     seeds: tuple[int, ...] = (0,)
     num_levels: int = 5
     bench_repeats: int = 5
+    dropout: float = 0.1  # LoRA dropout and drop-path rate (paper recipe: 0.1)
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -192,6 +193,8 @@ def compare_config(settings: TrainSettings) -> CompareConfig:
         img_size=settings.img_size,
         schedule=schedule,
         lora_rank=settings.lora_rank,
+        lora_dropout=settings.dropout,
+        drop_path_rate=settings.dropout,
         train=TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
                           pyra_lr=settings.pyra_lr),
         seeds=settings.seeds,

@@ -20,15 +20,6 @@ from pyra.train import TrainConfig
 FILES = {"config.json", "adapter.safetensors", "metrics.json"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tensors this small run fastest on one thread; two threads spin against each other on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def config() -> RunConfig:
     """Random-init ViT-Tiny at 32 px (4 patches + class token); schedule 1 resolves to 1 token in blocks 0-2.

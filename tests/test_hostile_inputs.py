@@ -115,14 +115,6 @@ def sandbox(tmp_path, monkeypatch) -> Sandbox:
     assert changed == [], "written outside the work and input folders"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ---------------------------------------------------------------- tiny inputs
 
 

@@ -41,15 +41,6 @@ def dataset_for(model: torch.nn.Module, records: list[ImageRecord]) -> ImageData
     return ImageDataset(records, make_transform(data_config(model), img_size=32))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tensors this small run fastest on one thread; two threads spin against each other on a busy 2-core box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def model() -> torch.nn.Module:
     return build_model(tiny_run_config())
