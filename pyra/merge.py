@@ -114,6 +114,21 @@ def _kept_positions(matching: Matching, num_tokens: int) -> Tensor:
     return _assemble((2 * matching.unm_idx)[..., None], b_positions[..., None], matching.num_protected)[..., 0]
 
 
+def take_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x: [B, N, C], index: [B, K] -> [B, K, C], row index[b, k] of x[b] (index_select: far faster
+    than gather on CPU)."""
+    batch, num_tokens, channels = x.shape
+    flat = (index + torch.arange(batch, device=index.device)[:, None] * num_tokens).reshape(-1)
+    return x.reshape(batch * num_tokens, channels).index_select(0, flat).view(batch, -1, channels)
+
+
+def add_rows(x: Tensor, index: Tensor, rows: Tensor) -> Tensor:
+    """x: [B, N, C] plus rows [B, K, C] added at index [B, K] (repeats accumulate), out of place."""
+    batch, num_tokens, channels = x.shape
+    flat = (index + torch.arange(batch, device=index.device)[:, None] * num_tokens).reshape(-1)
+    return x.reshape(batch * num_tokens, channels).index_add(0, flat, rows.reshape(-1, channels)).view_as(x)
+
+
 def merge_weighted(
     matching: Matching, x: Tensor, size: Tensor, modulate: Modulate | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -124,18 +139,18 @@ def merge_weighted(
     destinations multiplied by their sizes); sizes add unmodulated. Only the r merged rows are
     computed: every other token is copied once, in output order.
     """
-    batch, num_tokens, channels = x.shape
+    num_tokens = x.shape[1]
     new_size = merge(matching, size, "sum")  # [B, N - r, 1]
-    out = x.gather(1, _kept_positions(matching, num_tokens)[..., None].expand(-1, -1, channels))
-    src_pos, dst_pos = 2 * matching.src_idx[..., None], 2 * matching.dst_idx[..., None] + 1  # [B, r, 1]
-    src, dst = x.gather(1, src_pos.expand(-1, -1, channels)), x.gather(1, dst_pos.expand(-1, -1, channels))
-    src_size, dst_size = size.gather(1, src_pos), size.gather(1, dst_pos)
+    out = take_rows(x, _kept_positions(matching, num_tokens))  # [B, N - r, C]
+    src_pos, dst_pos = 2 * matching.src_idx, 2 * matching.dst_idx + 1  # [B, r] positions in x
+    src, dst = take_rows(x, src_pos), take_rows(x, dst_pos)  # [B, r, C]
+    src_size, dst_size = size.gather(1, src_pos[..., None]), size.gather(1, dst_pos[..., None])  # [B, r, 1]
     weighted_src = src * src_size
     if modulate is not None:
         weighted_src = modulate(weighted_src, dst * dst_size)
-    out_dst = (math.ceil(num_tokens / 2) - matching.r) + matching.dst_idx[..., None]  # [B, r, 1] in `out`
-    delta = (weighted_src - src_size * dst) / new_size.gather(1, out_dst)
-    return out.scatter_add(1, out_dst.expand(-1, -1, channels), delta.to(out.dtype)), new_size
+    out_dst = (math.ceil(num_tokens / 2) - matching.r) + matching.dst_idx  # [B, r] positions in `out`
+    delta = (weighted_src - src_size * dst) / new_size.gather(1, out_dst[..., None])
+    return add_rows(out, out_dst, delta.to(out.dtype)), new_size
 
 
 def merge_source(matching: Matching, source: Tensor) -> Tensor:
