@@ -48,9 +48,9 @@ def comparison_section(report: dict) -> list[str]:
         f"{settings['train']['epochs']} epochs, batch {settings['train']['batch_size']}, lr {settings['train']['lr']:g}, "
         f"PYRA lr {settings['train']['pyra_lr']:g}, seeds {seeds}; {report['minutes']} minutes in all on "
         f"{report['machine']['cpu']} ({report['machine']['cores']} cores).", "",
-        "Accuracy: mean over seeds with a 95% Student-t interval across seeds"
-        if len(seeds) > 1 else "Accuracy with a 95% Wilson interval (one seed)",
-        "; per-seed values in brackets after it. Throughput: median images/s at batch 8 "
+        ("Accuracy: mean over seeds with a 95% Student-t interval across seeds"
+         if len(seeds) > 1 else "Accuracy with a 95% Wilson interval (one seed)")
+        + "; each seed's accuracy in the next column. Throughput: median images/s at batch 8 "
         "(measured on the first seed's models, interleaved).", "",
     ]
     rows = []
