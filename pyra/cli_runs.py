@@ -24,6 +24,7 @@ from pyra.explain import token_maps
 from pyra.parameters import parameter_report
 from pyra.patch import geometry
 from pyra.pipeline import evaluate_run, make_run_config, train_run
+from pyra.predict import default_device
 from pyra.samples import list_samples
 from pyra.schedule import flops_ratio, forward_flops, parse_schedule, resolve_schedule, tokens_per_layer
 from pyra.train import TrainConfig
@@ -178,6 +179,7 @@ def run_eval(args: argparse.Namespace) -> int:
         data = _load_data(source, Path(workdir), config.val_fraction, config.split_seed, config.max_per_class)
         report, metrics = evaluate_run(args.run_dir, data, schedule=schedule, method=args.method)
     model, _ = load_run(args.run_dir)
+    model.to(default_device())
     geo = geometry(model)
     method = args.method or config.method
     applied = resolve_schedule(schedule, geo) if schedule is not None else list(config.schedule)
@@ -197,8 +199,9 @@ def run_eval(args: argparse.Namespace) -> int:
         baseline, _ = load_run(args.run_dir)
         set_schedule(model, applied, method=method)
         set_schedule(baseline, 0, method="none")
-        models = {"uncompressed": merge_lora(baseline), "compressed": merge_lora(model)}
-        stats = measure_speed(models, img_size=config.img_size, batch_size=args.batch, repeats=args.repeats)
+        models = {"uncompressed": merge_lora(baseline.to(default_device())), "compressed": merge_lora(model)}
+        stats = measure_speed(models, img_size=config.img_size, batch_size=args.batch, repeats=args.repeats,
+                              device=default_device())
         result["speed"] = {name: s.to_dict() for name, s in stats.items()}
     text = (f"{method} at {applied}: accuracy {report.accuracy:.2%} [{report.low:.2%}, {report.high:.2%}] "
             f"(n={report.n}), macro-F1 {report.macro_f1:.3f}, {result['flops_ratio']:.2f}x fewer FLOPs")

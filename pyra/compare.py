@@ -22,6 +22,7 @@ from pyra.evaluate import evaluate, measure_speed
 from pyra.lora import merge_lora
 from pyra.patch import geometry, set_schedule
 from pyra.pipeline import make_run_config, model_dataset, train_run
+from pyra.predict import default_device
 from pyra.schedule import ScheduleSpec, flops_ratio, forward_flops, resolve_schedule
 from pyra.stats import accuracy_interval, paired_difference, paired_seed_difference, seed_summary
 from pyra.train import Progress, TrainConfig
@@ -54,7 +55,7 @@ class CompareConfig:
     levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # fractions of the target schedule
     bench_batch: int = 8
     bench_repeats: int = 5
-    device: str = "cpu"
+    device: str = field(default_factory=default_device)  # "cuda" when available
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -233,13 +234,13 @@ def _train_one(data: DatasetSplit, config: CompareConfig, name: str, seed: int, 
             loss=progress.loss, val_accuracy=progress.val_accuracy,
         ))
 
-    _, result, _ = train_run(data, run_config, run_dir, on_progress=forward, cancel=cancel)
+    _, result, _ = train_run(data, run_config, run_dir, on_progress=forward, cancel=cancel, device=config.device)
     return result
 
 
 def _sweep(data: DatasetSplit, config: CompareConfig, out_dir: Path, run_dirs: dict[str, Path],
            histories: dict[str, list[dict]], report: Callable[[CompareProgress], None]) -> CompareResult:
-    models = {key: load_run(run_dir)[0] for key, run_dir in run_dirs.items()}
+    models = {key: load_run(run_dir)[0].to(config.device) for key, run_dir in run_dirs.items()}
     first = models[f"pyra@{config.seeds[0]}"]
     levels = sweep_levels(list(first.merge_config.schedule), config.levels, first)
     val_set = model_dataset(first, data.val)

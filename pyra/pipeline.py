@@ -12,6 +12,7 @@ from pyra.checkpoint import RunConfig, build_model, load_metrics, load_run, save
 from pyra.data import DatasetSplit, ImageDataset, ImageRecord, make_transform
 from pyra.evaluate import ClassificationReport, evaluate
 from pyra.patch import Method, geometry
+from pyra.predict import default_device
 from pyra.schedule import ScheduleSpec, resolve_schedule
 from pyra.train import Progress, TrainConfig, TrainResult, train
 
@@ -34,10 +35,10 @@ def make_run_config(
     drop_path_rate: float = 0.1,
     train_config: TrainConfig = TrainConfig(),
     seed: int = 0,
-    device: str = "cpu",
+    device: Optional[str] = None,
 ) -> RunConfig:
     """A RunConfig with the schedule resolved for the backbone's token count."""
-    img_size = img_size or default_img_size(backbone, device)
+    img_size = img_size or default_img_size(backbone, device or default_device())
     structure = backbone_structure(backbone, len(data.classes), img_size)
     resolved = resolve_schedule(schedule if method != "none" else 0, geometry(structure))
     return RunConfig(
@@ -56,12 +57,14 @@ def train_run(
     *,
     on_progress: Optional[Callable[[Progress], None]] = None,
     cancel: Optional[threading.Event] = None,
+    device: Optional[str] = None,
 ) -> tuple[nn.Module, TrainResult, Optional[ClassificationReport]]:
-    """Build, train, evaluate on the validation split and save into `run_dir`.
+    """Build, train (on `device`, default: the GPU when there is one), evaluate on the
+    validation split and save into `run_dir`.
 
     The recorded accuracy is computed exactly as `evaluate_run` recomputes it.
     """
-    model = build_model(config)
+    model = build_model(config).to(device or default_device())
     result = train(model, model_dataset(model, data.train), config.train,
                    val_set=model_dataset(model, data.val), on_progress=on_progress, cancel=cancel)
     report = None
@@ -87,6 +90,7 @@ def evaluate_run(
     Returns the report and the metrics recorded at training time.
     """
     model, config = load_run(run_dir)
+    model.to(default_device())
     if list(data.classes) != list(config.classes):
         raise ValueError(
             f"{run_dir}: trained on classes {list(config.classes)}, the data has {list(data.classes)}; "

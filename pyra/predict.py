@@ -36,6 +36,11 @@ class Predictions:
         return float(self.correct.mean()) if len(self.labels) else float("nan")
 
 
+def default_device() -> str:
+    """"cuda" when a GPU is visible, else "cpu": the engine runs on either without code changes."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter (CPU for a parameter-less module)."""
     param = next(model.parameters(), None)
