@@ -38,11 +38,19 @@ def browser():
 
 
 def set_number(page, elem_id: str, value) -> None:
-    """Type into a Number / Slider's number box and commit it."""
+    """Set a Number (type and commit) or a Slider (move its range input), then check it took."""
+    from playwright.sync_api import expect
+
     box = page.locator(f"#{elem_id} input[type=number]").first
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
+    expect(box).to_be_visible(timeout=30_000)
+    slider = page.locator(f"#{elem_id} input[type=range]")
+    if slider.count():
+        slider.first.fill(str(value))
+    else:
+        box.fill(str(value))
+        box.press("Enter")
+        box.blur()
+    expect(box).to_have_value(str(value), timeout=10_000)
 
 
 @pytest.mark.browser
