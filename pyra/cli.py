@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from pyra.bench import bench, format_bench
 from pyra.cli_runs import COMMANDS, emit

@@ -6,7 +6,6 @@ Everything that lasts one forward lives in a `MergeState` rebuilt at the start o
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
