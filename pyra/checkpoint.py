@@ -206,10 +206,10 @@ def save_run(run_dir: str | Path, model: nn.Module, config: RunConfig, metrics: 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     adapter = safetensors_bytes(adapter_state(model), metadata={"format": "pt", "pyra": _pyra_version()})
-    _write_atomic(run_dir / ADAPTER_FILE, adapter)
+    write_atomic(run_dir / ADAPTER_FILE, adapter)
     if metrics is not None or not (run_dir / METRICS_FILE).is_file():
-        _write_atomic(run_dir / METRICS_FILE, _json_bytes(metrics or {}))
-    _write_atomic(run_dir / CONFIG_FILE, _json_bytes(config.to_dict()))
+        write_atomic(run_dir / METRICS_FILE, _json_bytes(metrics or {}))
+    write_atomic(run_dir / CONFIG_FILE, _json_bytes(config.to_dict()))
     return config
 
 
@@ -239,7 +239,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store a {type(value).__name__} in JSON")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temp file next to `path`, fsync, then os.replace: readers never see half a file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -8,6 +8,7 @@ uncompressed model, and latency / throughput measured interleaved on this machin
 from __future__ import annotations
 
 import csv
+import io
 import json
 import threading
 from dataclasses import asdict, dataclass, field, replace
@@ -16,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from pyra.checkpoint import load_run
+from pyra.checkpoint import load_run, write_atomic
 from pyra.data import DatasetSplit
 from pyra.evaluate import evaluate, measure_speed
 from pyra.lora import merge_lora
@@ -126,27 +127,12 @@ class CompareResult:
 
     def save(self) -> None:
         """Write compare.json and compare.csv into out_dir (atomically)."""
-        _write_atomic(self.out_dir / "compare.json", json.dumps(self.to_dict(), indent=1))
-        columns = list(self.rows[0]) if self.rows else []
-        lines: list[str] = []
-        writer = csv.DictWriter(_LineSink(lines), fieldnames=columns, lineterminator="\n")
+        write_atomic(self.out_dir / "compare.json", json.dumps(self.to_dict(), indent=1).encode())
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(self.rows[0]) if self.rows else [], lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        _write_atomic(self.out_dir / "compare.csv", "".join(lines))
-
-
-class _LineSink:
-    def __init__(self, lines: list[str]) -> None:
-        self.lines = lines
-
-    def write(self, text: str) -> None:
-        self.lines.append(text)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+        write_atomic(self.out_dir / "compare.csv", table.getvalue().encode())
 
 
 def load_compare(out_dir: Path) -> CompareResult:
