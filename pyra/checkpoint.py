@@ -29,6 +29,7 @@ from pyra.backbone import backbone_fingerprint, create_backbone
 from pyra.lora import LoraTarget, add_lora
 from pyra.parameters import parameter_kind
 from pyra.patch import patch
+from pyra.schedule import METHODS
 from pyra.train import TrainConfig
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
 CONFIG_FILE = "config.json"
 ADAPTER_FILE = "adapter.safetensors"
 METRICS_FILE = "metrics.json"
-_METHODS = ("pyra", "tome", "none")
 _LORA_TARGETS = get_args(LoraTarget)
 
 
@@ -98,7 +98,7 @@ class RunConfig:
         if isinstance(self.train, dict):  # from JSON
             object.__setattr__(self, "train", _from_fields(TrainConfig, self.train, "train"))
         checks = [
-            (self.method in _METHODS, f"method must be one of {_METHODS}, got {self.method!r}"),
+            (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
             (_whole(self.img_size) and self.img_size >= 1,
              f"img_size must be a whole number of pixels, got {self.img_size!r}"),
             (_whole(self.num_classes) and self.num_classes >= 1, f"num_classes must be >= 1, got {self.num_classes!r}"),

@@ -18,9 +18,8 @@ from torch import Tensor, nn
 from pyra.lora import LoRALinear
 from pyra.merge import Matching, Modulate, bipartite_soft_matching, merge_source, merge_weighted
 from pyra.modulation import TokenModulator
-from pyra.schedule import Method, ScheduleSpec, VitGeometry, forward_flops, resolve_schedule
+from pyra.schedule import Method, ScheduleSpec, VitGeometry, check_method, forward_flops, resolve_schedule
 
-_METHODS = ("pyra", "tome", "none")
 _POOLS = ("token", "avg", "")
 
 
@@ -275,8 +274,7 @@ def patch(
         prop_attn: proportional attention (log-size bias on the keys).
         trace_source: record per-layer source maps, matchings and PYRA gates.
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    check_method(method)
     check_patchable(model)
     resolved = tuple(resolve_schedule(schedule, geometry(model)))
     if getattr(model, "merge_config", None) is not None and method == "pyra" and _has_modulators(model):
@@ -315,8 +313,7 @@ def set_schedule(
     if config is None:
         raise ValueError("model is not patched; call pyra.patch(model, ...) first")
     method = config.method if method is None else method
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+    check_method(method)
     resolved = tuple(resolve_schedule(schedule, geometry(model)))
     if method == "pyra":
         for index, (block, r) in enumerate(zip(model.blocks, resolved)):

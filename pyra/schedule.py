@@ -17,12 +17,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, Sequence, Union
+from typing import Literal, Sequence, Union, get_args
 
 from pyra.merge import max_merge
 
 ScheduleSpec = Union[int, Sequence[int], tuple[int, float], str, float]
 Method = Literal["pyra", "tome", "none"]
+METHODS: tuple[str, ...] = get_args(Method)
+
+
+def check_method(method: str) -> None:
+    """ValueError unless `method` is one of METHODS."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 # Reference lists from the PYRA code base, keyed by (depth, tokens incl. class token).
 _REFERENCE: dict[tuple[int, int], dict[str, list[int]]] = {
