@@ -42,5 +42,9 @@ class TokenModulator(nn.Module):
 
     def forward(self, src: Tensor, dst: Tensor) -> Tensor:
         """src, dst: [B, r, D] size-weighted sources and destinations -> modulated sources [B, r, D]."""
-        channel_gate, token_gate = self.gates(src, dst)
-        return src + src * channel_gate * token_gate
+        return reactivate(src, *self.gates(src, dst))
+
+
+def reactivate(src: Tensor, channel_gate: Tensor, token_gate: Tensor) -> Tensor:
+    """S' = S + (S * gate_ch) * gate_tok; src [B, r, D], gates [B, 1, D] and [B, r, 1]."""
+    return src + src * channel_gate * token_gate

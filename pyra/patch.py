@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from pyra.lora import LoRALinear
 from pyra.merge import Matching, Modulate, bipartite_soft_matching, merge_source, merge_weighted
-from pyra.modulation import TokenModulator
+from pyra.modulation import TokenModulator, reactivate
 from pyra.schedule import Method, ScheduleSpec, VitGeometry, check_method, forward_flops, resolve_schedule
 
 _POOLS = ("token", "avg", "")
@@ -72,21 +72,21 @@ class MergeState:
             use_pyra = self.config.method == "pyra"
             if use_pyra and modulator is None:
                 raise RuntimeError(f"layer {layer} merges {r} tokens but has no PYRA modulator")
-            size = self.size if self.size is not None else x.new_ones(x.shape[0], x.shape[1], 1, dtype=torch.float32)
             modulate = modulator if use_pyra else None
             if use_pyra and self.config.trace_source:
                 modulate = self._recording(modulator, gates)
-            x, self.size = merge_weighted(matching, x, size, modulate)
             if self.config.trace_source:
-                self.source = merge_source(matching, self._input_source(x.shape[0], metric.shape[1], x.device))
+                self.source = merge_source(matching, self._current_source(x))
+            x, self.size = merge_weighted(matching, x, self._sizes(x), modulate)
         if self.config.trace_source:
             self._record(x, matching, gates)
         return x
 
-    def _input_source(self, batch: int, num_tokens: int, device: torch.device) -> Tensor:
-        """[B, N, N_0] map of the tokens entering this layer (the identity before any merge)."""
+    def _current_source(self, x: Tensor) -> Tensor:
+        """[B, N, N_0] map of the input tokens each token of x holds (the identity before any merge)."""
         if self.source is None:
-            self.source = torch.eye(num_tokens, device=device)[None].expand(batch, -1, -1)
+            batch, num_tokens, _ = x.shape
+            self.source = torch.eye(num_tokens, device=x.device)[None].expand(batch, -1, -1)
         return self.source
 
     @staticmethod
@@ -96,17 +96,16 @@ class MergeState:
         def modulate(src: Tensor, dst: Tensor) -> Tensor:
             channel_gate, token_gate = modulator.gates(src, dst)
             out[0], out[1] = channel_gate.detach(), token_gate.detach()
-            return src + src * channel_gate * token_gate
+            return reactivate(src, channel_gate, token_gate)
 
         return modulate
 
+    def _sizes(self, x: Tensor) -> Tensor:
+        """[B, N, 1] sizes of the tokens in x (all ones before the first merge)."""
+        return self.size if self.size is not None else x.new_ones(x.shape[0], x.shape[1], 1, dtype=torch.float32)
+
     def _record(self, x: Tensor, matching: Optional[Matching], gates: list) -> None:
-        batch, num_tokens, _ = x.shape
-        source = self.source
-        if source is None:
-            source = torch.eye(num_tokens, device=x.device)[None].expand(batch, -1, -1)
-        size = self.size if self.size is not None else x.new_ones(batch, num_tokens, 1, dtype=torch.float32)
-        self.layers.append(LayerRecord(source, size.detach(), matching, gates[0], gates[1]))
+        self.layers.append(LayerRecord(self._current_source(x), self._sizes(x).detach(), matching, gates[0], gates[1]))
 
 
 class MergingAttention(Attention):
