@@ -177,9 +177,7 @@ def run_eval(args: argparse.Namespace) -> int:
     schedule = parse_schedule(args.schedule) if args.schedule else None
     with tempfile.TemporaryDirectory(prefix="pyra-data-") as workdir:
         data = _load_data(source, Path(workdir), config.val_fraction, config.split_seed, config.max_per_class)
-        report, metrics = evaluate_run(args.run_dir, data, schedule=schedule, method=args.method)
-    model, _ = load_run(args.run_dir)
-    model.to(default_device())
+        report, metrics, model = evaluate_run(args.run_dir, data, schedule=schedule, method=args.method)
     geo = geometry(model)
     method = args.method or config.method
     applied = resolve_schedule(schedule, geo) if schedule is not None else list(config.schedule)
@@ -282,13 +280,7 @@ def run_tokens(args: argparse.Namespace) -> int:
             image = opened.convert("RGB")
     except (OSError, Image.DecompressionBombError) as error:
         raise DataError(f"{args.image}: not a readable image ({error}); give a PNG or JPEG") from None
-    schedule = None
-    if args.schedule:
-        structure = load_config(args.run_dir)
-        from pyra.backbone import backbone_structure
-
-        schedule = resolve_schedule(parse_schedule(args.schedule), geometry(
-            backbone_structure(structure.backbone, structure.num_classes, structure.img_size)))
+    schedule = parse_schedule(args.schedule) if args.schedule else None
     maps = token_maps(args.run_dir, image, schedule=schedule, method=args.method)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     maps.panel.save(args.out)

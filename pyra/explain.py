@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import torch
@@ -13,7 +13,7 @@ from pyra.backbone import data_config
 from pyra.checkpoint import load_run
 from pyra.data import make_transform, to_rgb
 from pyra.patch import Method, geometry, layer_records, set_schedule
-from pyra.schedule import tokens_per_layer
+from pyra.schedule import ScheduleSpec, tokens_per_layer
 from pyra.vis import gate_histogram, layer_inspector, token_map, token_map_panel
 
 EXPLANATION = r"""
@@ -62,12 +62,11 @@ class _Traced:
 
 
 def _traced_forward(
-    run_dir: Path, image: Image.Image, schedule: Optional[Sequence[int]], method: Optional[Method]
+    run_dir: Path, image: Image.Image, schedule: Optional[ScheduleSpec], method: Optional[Method]
 ) -> _Traced:
     model, config = load_run(run_dir)
-    previous = model.merge_config
-    set_schedule(model, list(schedule) if schedule is not None else list(previous.schedule),
-                 method=method, trace_source=True)
+    trained = model.merge_config.schedule
+    set_schedule(model, trained if schedule is None else schedule, method=method, trace_source=True)
     picture = to_rgb(image).resize((config.img_size, config.img_size), Image.BICUBIC)
     x = make_transform(data_config(model), config.img_size)(picture)[None]
     with torch.inference_mode():
@@ -85,7 +84,7 @@ def _traced_forward(
 
 
 def token_maps(
-    run_dir: Path, image: Image.Image, *, schedule: Optional[Sequence[int]] = None, method: Optional[Method] = None
+    run_dir: Path, image: Image.Image, *, schedule: Optional[ScheduleSpec] = None, method: Optional[Method] = None
 ) -> TokenMaps:
     """Per-layer merged-token maps of `image` through the run's model (its trained schedule by default)."""
     traced = _traced_forward(Path(run_dir), image, schedule, method)
@@ -97,7 +96,7 @@ def token_maps(
 
 
 def inspect_layer(
-    run_dir: Path, image: Image.Image, layer: int, *, schedule: Optional[Sequence[int]] = None,
+    run_dir: Path, image: Image.Image, layer: int, *, schedule: Optional[ScheduleSpec] = None,
     method: Optional[Method] = None,
 ) -> LayerView:
     """Inside one layer (0-based): set A / set B, the merges chosen, and PYRA's gates."""

@@ -84,10 +84,11 @@ def evaluate_run(
     schedule: Optional[ScheduleSpec] = None,
     method: Optional[Method] = None,
     with_features: bool = False,
-) -> tuple[ClassificationReport, dict]:
+) -> tuple[ClassificationReport, dict, nn.Module]:
     """Re-evaluate a run folder on `data`'s validation split, at its own or another schedule.
 
-    Returns the report and the metrics recorded at training time.
+    Returns the report, the metrics recorded at training time, and the loaded model (back at
+    its trained schedule).
     """
     model, config = load_run(run_dir)
     model.to(default_device())
@@ -100,4 +101,4 @@ def evaluate_run(
         schedule = resolve_schedule(schedule, geometry(model))
     report, _ = evaluate(model, model_dataset(model, data.val), data.classes, schedule=schedule,
                          method=method, with_features=with_features)
-    return report, load_metrics(run_dir)
+    return report, load_metrics(run_dir), model
