@@ -252,23 +252,22 @@ def _accuracies(models: dict, levels: list[Level], val_set, classes, seeds, repo
     correct: dict[int, dict[str, list[np.ndarray]]] = {}
     reports: dict[str, dict] = {}
     features: dict[str, np.ndarray] = {}
-    cache: dict[tuple, np.ndarray] = {}
+    cache: dict[tuple, tuple] = {}  # one evaluation per (model, method, schedule): the uncompressed one runs once
     for level in levels:
         correct[level.index] = {}
         for seed in seeds:
             for name, key, method in _evaluations(seed):
                 schedule = tuple(level.schedule) if name != "uncompressed" else (0,) * len(level.schedule)
                 cache_key = (key, method if any(schedule) else "none", schedule)
-                wanted = level is levels[-1] and seed == seeds[0]  # reports and features at the target
-                if cache_key not in cache or wanted:
-                    evaluation, predictions = evaluate(models[key], val_set, classes, schedule=list(schedule),
-                                                       method=method, with_features=wanted)
-                    cache[cache_key] = predictions.correct
-                    if wanted:
-                        reports[name] = evaluation.to_dict()
-                        features[name] = predictions.features
-                        features["labels"] = predictions.labels
-                correct[level.index].setdefault(name, []).append(cache[cache_key])
+                if cache_key not in cache:
+                    cache[cache_key] = evaluate(models[key], val_set, classes, schedule=list(schedule),
+                                                method=method, with_features=seed == seeds[0])
+                evaluation, predictions = cache[cache_key]
+                correct[level.index].setdefault(name, []).append(predictions.correct)
+                if level is levels[-1] and seed == seeds[0]:  # reports and features at the target
+                    reports[name] = evaluation.to_dict()
+                    features[name] = predictions.features
+                    features["labels"] = predictions.labels
         report(CompareProgress("accuracy", 0.9 + 0.05 * (level.index + 1) / len(levels),
                                f"accuracy at {level.label}"))
     return correct, reports, features
