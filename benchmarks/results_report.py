@@ -1,17 +1,25 @@
-"""Render docs/RESULTS.md from the JSON files the result benchmarks write into docs/results/.
+"""Render docs/RESULTS.md (and its charts) from the JSON files the result benchmarks write.
 
     python benchmarks/results_report.py
+    python benchmarks/results_report.py --out /tmp/acc --no-png   # from /tmp/acc/results, into /tmp/acc
 
-Inputs: docs/results/backbone_quality.json (benchmarks/backbone_quality.py) and every
-docs/results/<dataset>_<schedule>.json (benchmarks/demo_comparison.py).
+Inputs in <out>/results/: backbone_quality.json (benchmarks/backbone_quality.py),
+accuracy_matrix*.json (benchmarks/accuracy_matrix.py) and <dataset>_<schedule>.json
+(benchmarks/demo_comparison.py); throughput for the charts from <out>/perf/engine_speed.json
+(benchmarks/engine_speed.py) when it measured the same backbone.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "docs" / "results"
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from accuracy_report import accuracy_section, load_matrices  # noqa: E402
+from charts import write_chart  # noqa: E402
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -80,25 +88,39 @@ def comparison_section(report: dict) -> list[str]:
     return lines + [""]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs",
+                        help="reads <out>/results and <out>/perf, writes <out>/RESULTS.md and <out>/charts (default docs/)")
+    parser.add_argument("--no-png", action="store_true", help="write the HTML charts only (no Chromium needed)")
+    args = parser.parse_args(argv)
+    results = args.out / "results"
     lines = ["# Results", "",
              "Every number here comes from a script in `benchmarks/`, with its command above its table. "
              "Accuracy on a few hundred validation images is noisy: read the intervals, not the point estimates. "
              "Nothing was tuned on the validation split except the learning rate of the backbone-quality recipe "
              "(5e-3 instead of the paper's 1e-3, chosen on the same split because 3 CPU epochs are few; "
              "see the caveats below).", ""]
-    quality = RESULTS / "backbone_quality.json"
+    quality = results / "backbone_quality.json"
     if quality.is_file():
         lines += quality_section(json.loads(quality.read_text()))
-    for path in sorted(RESULTS.glob("*_*.json")):
-        if path.name != "backbone_quality.json" and not path.stem.endswith("_quick"):
+    matrices = load_matrices(results)
+    if matrices:
+        speed_path = args.out / "perf" / "engine_speed.json"
+        speed = json.loads(speed_path.read_text()) if speed_path.is_file() else None
+        lines += accuracy_section(matrices, speed, lambda fig, stem: write_chart(fig, stem, png=not args.no_png),
+                                  args.out / "charts")
+    for path in sorted(results.glob("*_*.json")):
+        if path.name != "backbone_quality.json" and not path.stem.endswith("_quick") \
+                and not path.stem.startswith("accuracy_matrix"):
             lines += comparison_section(json.loads(path.read_text()))
     caveats = REPO / "benchmarks" / "results_caveats.md"
     if caveats.is_file():
         lines += [caveats.read_text().strip(), ""]
-    (REPO / "docs" / "RESULTS.md").write_text("\n".join(lines))
-    print(f"wrote {REPO / 'docs' / 'RESULTS.md'}")
+    (args.out / "RESULTS.md").write_text("\n".join(lines))
+    print(f"wrote {args.out / 'RESULTS.md'}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
