@@ -26,9 +26,9 @@ LABELS = {"uncompressed": "LoRA, uncompressed", "tome_free": "ToMe training-free
           "pyra": "PYRA + LoRA"}
 
 
-def load_matrices(results_dir: Path) -> list[dict[str, Any]]:
-    """Every non-quick accuracy_matrix*.json in `results_dir`, sorted by name."""
-    paths = sorted(p for p in results_dir.glob("accuracy_matrix*.json") if not p.stem.endswith("_quick"))
+def load_matrices(results_dir: Path, quick: bool = False) -> list[dict[str, Any]]:
+    """Every accuracy_matrix*.json in `results_dir` from full runs (or from --quick runs), by name."""
+    paths = sorted(p for p in results_dir.glob("accuracy_matrix*.json") if p.stem.endswith("_quick") == quick)
     return [json.loads(p.read_text()) for p in paths]
 
 
@@ -60,18 +60,16 @@ def level_flops_ratios(matrix: dict[str, Any]) -> dict[str, float]:
 
 def throughput_by_level(speed: Optional[dict[str, Any]], backbone: str, img_size: int,
                         threads: int = 2) -> Optional[dict[tuple[str, str], float]]:
-    """(level, method) -> images/s from the speed benchmark's JSON, when it measured this setting.
+    """(level, method) -> images/s from benchmarks/engine_speed.py's JSON, if it measured this setting.
 
-    Method is "uncompressed", "tome" or "pyra"; the uncompressed figure is under level "none".
+    Method is "tome" or "pyra"; the uncompressed model's figure is under ("none", "uncompressed").
     """
-    if speed is None:
-        return None
-    for result in speed.get("results", []):
+    for result in (speed or {}).get("results", []):
         if (result["backbone"], result["img_size"], result["threads"]) == (backbone, img_size, threads):
             table = {(UNCOMPRESSED, "uncompressed"): result["uncompressed"]["throughput"]["median"]}
             for level in result["levels"]:
-                for method in ("tome", "pyra"):
-                    table[(str(level["spec"]), method)] = level[method]["throughput"]["median"]
+                for method, timing in level["methods"].items():
+                    table[(str(level["level"]), method)] = timing["throughput"]["median"]
             return table
     return None
 

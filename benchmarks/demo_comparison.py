@@ -1,7 +1,7 @@
 """The app's comparison at demo scale, over several seeds: LoRA vs ToMe vs PYRA on a sample.
 
     python benchmarks/demo_comparison.py                   # sample:fashion, "high", seeds 0,1,2
-    python benchmarks/demo_comparison.py --quick           # 1 seed, 1 epoch, random-init ViT-Tiny
+    python benchmarks/demo_comparison.py --quick --out /tmp/q  # 1 seed, 1 epoch, random-init ViT-Tiny
 
 Writes docs/results/<dataset>_<schedule>.json (the comparison plus its settings and command);
 benchmarks/results_report.py turns the JSON files into docs/RESULTS.md.
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results")
+    parser.add_argument("--out", type=Path, default=REPO / "docs", help="writes <out>/results/ (default docs/)")
     args = parser.parse_args()
     seeds = (0,) if args.quick else tuple(int(s) for s in args.seeds.split(","))
     config = CompareConfig(
@@ -62,10 +62,10 @@ def main() -> None:
                      "lora_dropout": config.lora_dropout, "drop_path_rate": config.drop_path_rate},
         "result": result.to_dict(),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.data.removeprefix('sample:')}_{args.schedule}{'_quick' if args.quick else ''}.json"
-    (args.out / name).write_text(json.dumps(report, indent=1))
-    print(f"wrote {args.out / name}", file=sys.stderr)
+    path = args.out / "results" / f"{args.data.removeprefix('sample:')}_{args.schedule}{'_quick' if args.quick else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Render docs/RESULTS.md (and its charts) from the JSON files the result benchmarks write.
 
     python benchmarks/results_report.py
-    python benchmarks/results_report.py --out /tmp/acc --no-png   # from /tmp/acc/results, into /tmp/acc
+    python benchmarks/results_report.py --quick --out /tmp/q --no-png   # the --quick runs' files in /tmp/q
 
 Inputs in <out>/results/: backbone_quality.json (benchmarks/backbone_quality.py),
 accuracy_matrix*.json (benchmarks/accuracy_matrix.py) and <dataset>_<schedule>.json
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs",
                         help="reads <out>/results and <out>/perf, writes <out>/RESULTS.md and <out>/charts (default docs/)")
     parser.add_argument("--no-png", action="store_true", help="write the HTML charts only (no Chromium needed)")
+    parser.add_argument("--quick", action="store_true", help="render the files the --quick runs wrote")
     args = parser.parse_args(argv)
     results = args.out / "results"
     lines = ["# Results", "",
@@ -101,18 +102,19 @@ def main(argv: list[str] | None = None) -> int:
              "Nothing was tuned on the validation split except the learning rate of the backbone-quality recipe "
              "(5e-3 instead of the paper's 1e-3, chosen on the same split because 3 CPU epochs are few; "
              "see the caveats below).", ""]
-    quality = results / "backbone_quality.json"
+    suffix = "_quick" if args.quick else ""
+    quality = results / f"backbone_quality{suffix}.json"
     if quality.is_file():
         lines += quality_section(json.loads(quality.read_text()))
-    matrices = load_matrices(results)
+    matrices = load_matrices(results, quick=args.quick)
     if matrices:
         speed_path = args.out / "perf" / "engine_speed.json"
         speed = json.loads(speed_path.read_text()) if speed_path.is_file() else None
         lines += accuracy_section(matrices, speed, lambda fig, stem: write_chart(fig, stem, png=not args.no_png),
                                   args.out / "charts")
     for path in sorted(results.glob("*_*.json")):
-        if path.name != "backbone_quality.json" and not path.stem.endswith("_quick") \
-                and not path.stem.startswith("accuracy_matrix"):
+        comparison = not path.stem.startswith(("backbone_quality", "accuracy_matrix"))
+        if comparison and path.stem.endswith("_quick") == args.quick:
             lines += comparison_section(json.loads(path.read_text()))
     caveats = REPO / "benchmarks" / "results_caveats.md"
     if caveats.is_file():

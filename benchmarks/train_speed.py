@@ -1,15 +1,17 @@
 """Training step time: uncompressed LoRA vs ToMe + LoRA vs PYRA + LoRA, interleaved.
 
-    python benchmarks/train_speed.py                 # default backbone, 112 px, batch 16, "high"
-    python benchmarks/train_speed.py --quick         # random-init ViT-Tiny at 64 px, smoke test
+    python benchmarks/train_speed.py                             # default backbone, 112 px, batch 16
+    python benchmarks/train_speed.py --quick --out /tmp/speedq   # random-init ViT-Tiny at 64 px (< 1 minute)
 
-Writes docs/perf/train_speed.json (read by benchmarks/engine_speed.py into docs/PERFORMANCE.md).
+Writes <out>/perf/train_speed.json (<out> defaults to docs/), which benchmarks/engine_speed.py
+renders into <out>/PERFORMANCE.md.
 One step = forward, cross-entropy, backward, AdamW update of LoRA + head (+ PYRA).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -73,12 +75,13 @@ def time_steps(backbone: str, img_size: int, schedule_spec: str, batch: int, rep
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "perf" / "train_speed.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=REPO / "docs",
+                        help="folder; writes <out>/perf/train_speed.json (default docs/)")
+    args = parser.parse_args(argv)
     if args.quick:
         settings = [("random:vit_tiny_patch16_224", 64, "high", 8, 2)]
         repeats = 2
@@ -92,9 +95,11 @@ def main() -> None:
         for method, figures in results[-1]["methods"].items():
             print(f"  {method:<5} {figures['step_ms']['median']:8.1f} ms/step  "
                   f"{figures['speedup_vs_uncompressed']:.2f}x", file=sys.stderr)
-    command = "python benchmarks/train_speed.py" + (" --quick" if args.quick else "")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": command, "machine": machine_info(), "results": results}, indent=1))
+    command = shlex.join(["python", "benchmarks/train_speed.py", *(sys.argv[1:] if argv is None else argv)])
+    path = args.out / "perf" / "train_speed.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"command": command, "machine": machine_info(), "results": results}, indent=1))
+    print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""`python -m pyra bench`: JSON output with the documented fields; bad input gives one line, exit 2."""
+"""`python -m pyra bench` (JSON output with the documented fields; bad input gives one line, exit 2)
+and `pyra.bench.bench_sweep`, which benchmarks/engine_speed.py renders into docs/PERFORMANCE.md."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.engine_speed import performance_markdown
+from pyra.bench import bench_sweep
 from pyra.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,3 +53,21 @@ def test_schedule_of_wrong_length_is_reported_in_process(capsys):
     assert main(["bench", *TINY, "--schedule", "1,2,3"]) == 2
     err = capsys.readouterr().err
     assert "schedule has 3 entries, the model has 12 layers" in err and "Traceback" not in err
+
+
+def test_sweep_measures_every_level_against_one_uncompressed_pair():
+    result = bench_sweep("vit_tiny_patch16_224", 32, levels=("low", 2.5), batch_size=2, repeats=1, warmup=0)
+    assert result["tokens"] == 5 and result["threads"] == 1
+    assert [level["label"] for level in result["levels"]] == ["low", "2.5x"]
+    assert result["patched_r0"]["speedup_over_flops_ratio"] > 0 and "overhead_pct" in result["patched_r0"]
+    for level in result["levels"]:
+        assert level["flops"]["tome"] < result["flops_uncompressed"]
+        assert level["flops_ratio"]["tome"] == result["flops_uncompressed"] / level["flops"]["tome"]
+        assert set(level["methods"]) == {"tome", "pyra"} and "pyra_vs_tome" in level["overhead_pct"]
+    report = {"generated": "now", "machine": {"cpu": "cpu", "cores": 2, "cores_available": 2, "platform": "p",
+                                              "python": "3"},
+              "torch": "t", "timm": "t", "settings": {"batch_size": 2, "repeats": 1, "warmup": 0, "levels": ["low", 2.5]},
+              "results": [{**result, "command": "cmd"}], "skipped": []}
+    text = performance_markdown(report, "python benchmarks/engine_speed.py", png=False)
+    assert "| vit_tiny_patch16_224 | 32 | 5 | 1 | 2.5x |" in text and "charts/speed_vs_flops.html" in text
+    assert "charts/speed_vs_flops.png" not in text and "Not measured yet" in text

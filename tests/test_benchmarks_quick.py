@@ -1,0 +1,107 @@
+"""Every benchmark script's --quick mode runs end to end and writes what its full run writes.
+
+Smoke tests: the scripts must keep working and their output must hold basic invariants; the
+figures themselves belong to the full runs (docs/), not to these checks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from charts import PngRendererMissing, chromium_path  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def run_script(name: str, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    """`python benchmarks/<name> <args>` from the checkout; fails with the script's stderr."""
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout_s, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    assert done.returncode == 0, f"{name} {' '.join(args)} failed:\n{done.stderr[-4000:]}"
+    return done
+
+
+def png_wanted() -> bool:
+    """Render PNGs when Chromium is here (always in CI, where PYRA_REQUIRE_BROWSER=1)."""
+    if os.environ.get("PYRA_REQUIRE_BROWSER") == "1":
+        return True
+    try:
+        chromium_path()
+    except PngRendererMissing:
+        return False
+    return True
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (fails on anything that is not a PNG)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def quick_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder with the outputs of the accuracy, backbone-quality and comparison quick runs."""
+    out = tmp_path_factory.mktemp("bench")
+    run_script("accuracy_matrix.py", "--quick", "--out", str(out))
+    run_script("backbone_quality.py", "--quick", "--out", str(out))
+    run_script("demo_comparison.py", "--quick", "--out", str(out))
+    return out
+
+
+def test_accuracy_matrix_quick_trains_every_cell(quick_out: Path) -> None:
+    report = json.loads((quick_out / "results" / "accuracy_matrix_quick.json").read_text())
+    settings = report["settings"]
+    assert report["complete"]
+    per_seed = 1 + len(settings["levels"]) * (2 + len(settings["pyra_lrs"]))  # + training-free ToMe per level
+    assert len(report["cells"]) == per_seed * len(settings["seeds"]) * len(settings["datasets"])
+    schedules: dict[str, list[int]] = {}
+    for cell in report["cells"]:
+        assert len(cell["correct"]) == cell["n"] == report["splits"][f"{cell['dataset']}@{cell['seed']}"]["val"]
+        assert cell["accuracy"] == pytest.approx(cell["correct"].count("1") / cell["n"])
+        if cell["method"] == "uncompressed":
+            assert not any(cell["schedule"])
+        else:  # every method of a level merges the same tokens
+            assert schedules.setdefault(cell["level"], cell["schedule"]) == cell["schedule"]
+    merged = [sum(schedules[level]) for level in settings["levels"]]
+    assert merged == sorted(merged) and merged[0] > 0  # levels go from light to heavy compression
+
+
+def test_backbone_quality_quick_reports_both_backbones(quick_out: Path) -> None:
+    report = json.loads((quick_out / "results" / "backbone_quality_quick.json").read_text())
+    assert [r["backbone"] for r in report["results"]] == ["default", "random:vit_small_patch14_dinov2"]
+    for result in report["results"]:
+        assert result["accuracy_low"] <= result["accuracy"] <= result["accuracy_high"]
+        assert result["n_val"] == 50  # 20 images per class, a quarter held out, 10 classes
+
+
+def test_demo_comparison_quick_has_every_method_at_every_level(quick_out: Path) -> None:
+    report = json.loads((quick_out / "results" / "fashion_high_quick.json").read_text())
+    result = report["result"]
+    assert result["status"] == "completed"
+    methods = {(row["level"], row["method"]) for row in result["rows"]}
+    assert methods == {(level["index"], m) for level in result["levels"]
+                       for m in ("uncompressed", "tome_free", "tome", "pyra")}
+
+
+def test_results_report_renders_the_quick_results_with_charts(quick_out: Path) -> None:
+    png = png_wanted()
+    run_script("results_report.py", "--quick", "--out", str(quick_out), *([] if png else ["--no-png"]))
+    text = (quick_out / "RESULTS.md").read_text()
+    assert "## The default backbone is really pretrained" in text
+    assert "### `sample:textures`" in text and "## Comparison on `sample:fashion`" in text
+    html = quick_out / "charts" / "accuracy_textures.html"
+    assert html.is_file() and (quick_out / "charts" / "plotly.min.js").is_file()
+    assert "cdn.plot.ly" not in html.read_text()  # opens offline
+    if png:
+        assert png_size(quick_out / "charts" / "accuracy_textures.png") == (900, 550)
+        assert "](charts/accuracy_textures.png)" in text
