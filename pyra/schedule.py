@@ -6,7 +6,8 @@ A schedule spec is one of:
   (r, inflection)       ToMe's linear form: from r * (1 - inflection) to r * (1 + inflection)
   "low" / "high"        the PYRA code base's named schedules (exact lists for ViT-B/16 and
                         ViT-L/16 at 224 px; same-shaped schedules derived for anything else)
-  float > 1             a target FLOPs ratio (uncompressed / compressed), solved into a constant r
+  float > 1             a target FLOPs ratio (uncompressed / compressed), solved into a schedule
+                        shaped like "high": most merging in early layers, so late layers keep tokens
 Every r is capped at (tokens - protected) // 2 in its layer.
 
 FLOPs are counted as 2 per multiply-accumulate of every matmul and convolution (the same
@@ -189,7 +190,7 @@ def resolve_schedule(spec: ScheduleSpec, geometry: VitGeometry) -> list[int]:
     if isinstance(spec, float):
         if not spec >= 1.0:
             raise ValueError(f"a target FLOPs ratio must be >= 1.0 (1.0 = uncompressed), got {spec}")
-        return constant_for_ratio(spec, geometry)
+        return front_loaded_for_ratio(spec, geometry)
     if isinstance(spec, tuple) and len(spec) == 2 and isinstance(spec[1], float):
         return cap_schedule(inflection_schedule(int(spec[0]), spec[1], depth), geometry)
     return cap_schedule(list(spec), geometry)
