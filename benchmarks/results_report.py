@@ -18,8 +18,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from accuracy_report import accuracy_section, load_matrices  # noqa: E402
-from charts import write_chart  # noqa: E402
+from benchmarks.accuracy_report import accuracy_section, load_matrices  # noqa: E402
+from benchmarks.charts import write_chart  # noqa: E402
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO))
 
-from charts import PngRendererMissing, chromium_path  # noqa: E402
+from benchmarks.charts import PngRendererMissing, chromium_path  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
