@@ -8,9 +8,12 @@ LoRA, PYRA and head tensors, nothing else) and `metrics.json`.
 
 Only safetensors and JSON are ever read: no pickle. Every file is written atomically
 (temp file in the run folder, fsync, os.replace), and nothing is written outside the run folder.
+A run folder is never a mix of two saves: see `save_run`. A full disk raises `DiskFullError`.
 """
 from __future__ import annotations
 
+import errno
+import glob
 import json
 import os
 import tempfile
@@ -29,22 +32,41 @@ from pyra.backbone import backbone_fingerprint, create_backbone
 from pyra.lora import LoraTarget, add_lora
 from pyra.parameters import parameter_kind
 from pyra.patch import patch
+from pyra.rng import seeded
 from pyra.schedule import METHODS
 from pyra.train import TrainConfig
 
 __all__ = [
-    "CheckpointError", "RunConfig", "library_versions", "build_model", "adapter_state", "save_run", "load_config",
-    "load_run", "load_metrics", "CONFIG_FILE", "ADAPTER_FILE", "METRICS_FILE",
+    "CheckpointError", "DiskFullError", "RunConfig", "library_versions", "build_model", "adapter_state", "save_run",
+    "write_atomic", "load_config", "load_run", "load_metrics", "CONFIG_FILE", "ADAPTER_FILE", "METRICS_FILE",
 ]
 
 CONFIG_FILE = "config.json"
 ADAPTER_FILE = "adapter.safetensors"
 METRICS_FILE = "metrics.json"
+RUN_FILES = (ADAPTER_FILE, METRICS_FILE, CONFIG_FILE)  # the order save_run gives them their names
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no space, quota, file size limit
 _LORA_TARGETS = get_args(LoraTarget)
 
 
 class CheckpointError(ValueError):
     """A run folder cannot be read; the message names the file and what to do."""
+
+
+class DiskFullError(OSError):
+    """A file could not be written: the disk is full, or a quota or file size limit was reached.
+
+    The message names the file, its folder and the fix. The files already in the folder are unchanged.
+    """
+
+    def __init__(self, path: Path, cause: OSError):
+        reason = os.strerror(cause.errno) if cause.errno else str(cause)
+        super().__init__(cause.errno, f"not enough disk space to write {path.name} in {path.parent} ({reason}). "
+                                      "Free some space on that disk, or write to a folder on another disk, then "
+                                      f"try again; the files already in {path.parent.name} are unchanged.")
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def library_versions() -> dict[str, str]:
@@ -166,8 +188,7 @@ def build_model(config: RunConfig, *, pretrained: bool = True) -> nn.Module:
             (for tests). A run meant to be reloaded should rather name its backbone
             "random:NAME": `load_run` always builds with pretrained weights unless the name says so.
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    with seeded(config.seed):
         model = create_backbone(config.backbone, config.num_classes, config.img_size,
                                 drop_path_rate=config.drop_path_rate, pretrained=pretrained,
                                 weights=config.backbone_weights)
@@ -198,6 +219,12 @@ def save_run(run_dir: str | Path, model: nn.Module, config: RunConfig, metrics: 
     `config.backbone_fingerprint` is taken from the model built by `build_model` when empty;
     a config whose fingerprint disagrees with the model's is refused. With `metrics=None` an
     existing metrics.json is kept (an empty one is written otherwise). Returns the config written.
+
+    Saving over an existing run is safe against the process being killed, or the disk filling
+    up, at any moment: the folder then holds the old run, the new one, or no config.json (an
+    incomplete run that `load_run` refuses by name), never the adapter of one save with the
+    config of another. Temporary files
+    left by an interrupted save are removed. One process at a time may save into a run folder.
     """
     config = _with_fingerprint(model, config)
     if getattr(model, "num_classes", config.num_classes) != config.num_classes:
@@ -205,12 +232,39 @@ def save_run(run_dir: str | Path, model: nn.Module, config: RunConfig, metrics: 
                          "save the config the model was built from")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _remove_temp_files(run_dir, RUN_FILES)
     adapter = safetensors_bytes(adapter_state(model), metadata={"format": "pt", "pyra": _pyra_version()})
-    write_atomic(run_dir / ADAPTER_FILE, adapter)
+    files = {ADAPTER_FILE: adapter}
     if metrics is not None or not (run_dir / METRICS_FILE).is_file():
-        write_atomic(run_dir / METRICS_FILE, _json_bytes(metrics or {}))
-    write_atomic(run_dir / CONFIG_FILE, _json_bytes(config.to_dict()))
+        files[METRICS_FILE] = _json_bytes(metrics or {})
+    files[CONFIG_FILE] = _json_bytes(config.to_dict())
+    _replace_run_files(run_dir, files)
     return config
+
+
+def _replace_run_files(run_dir: Path, files: dict[str, bytes]) -> None:
+    """Give `files` (config.json last) their names in `run_dir` without ever mixing two saves.
+
+    Every file is first written and fsynced under a temporary name, which is where a full disk
+    fails, before anything of the old run changed. Then the old config.json is moved aside (the
+    folder reads as incomplete), the files take their names, config.json last, and the old
+    config is deleted.
+    """
+    temps = []
+    try:
+        staged = {}
+        for name, data in files.items():
+            staged[name] = _write_temp(run_dir / name, data)
+            temps.append(staged[name])
+        if (run_dir / CONFIG_FILE).exists():
+            retired = _new_temp(run_dir / CONFIG_FILE)
+            temps.append(retired)
+            os.replace(run_dir / CONFIG_FILE, retired)
+        for name, temp in staged.items():
+            os.replace(temp, run_dir / name)
+    finally:  # after success only the retired config is left; after a failure, every temp file
+        for temp in temps:
+            temp.unlink(missing_ok=True)
 
 
 def _with_fingerprint(model: nn.Module, config: RunConfig) -> RunConfig:
@@ -240,17 +294,56 @@ def _json_default(value: Any) -> Any:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file next to `path`, fsync, then os.replace: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write to a temp file next to `path`, fsync, then os.replace: readers never see half a file.
+
+    DiskFullError (an OSError) when the disk is full; `path` is then unchanged.
+    """
+    temp = _write_temp(path, data)
     try:
-        with os.fdopen(fd, "wb") as file:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _new_temp(path: Path) -> Path:
+    """A new, empty temporary file next to `path`, named `.NAME.XXXX.tmp`."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    return Path(name)
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """`data` in a new temporary file next to `path`, fsynced; nothing is left behind on failure."""
+    temp: Optional[Path] = None
+    try:
+        temp = _new_temp(path)
+        with open(temp, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        return temp
+    except BaseException as error:
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(path, error) from error
         raise
+
+
+def _temp_files(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Temporary files of `names` in `folder` (left there by an interrupted write)."""
+    return [temp for name in names for temp in folder.glob(f".{glob.escape(name)}.*.tmp")]
+
+
+def _remove_temp_files(folder: Path, names: tuple[str, ...]) -> None:
+    for temp in _temp_files(folder, names):
+        temp.unlink(missing_ok=True)
+
+
+def _has_run_files(folder: Path) -> bool:
+    """The folder holds a run file or a temporary one (it may lack config.json)."""
+    return any((folder / name).is_file() for name in RUN_FILES) or bool(_temp_files(folder, RUN_FILES))
 
 
 # ---------------------------------------------------------------- loading
@@ -259,6 +352,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 def load_config(run_dir: str | Path) -> RunConfig:
     """Read `config.json` of a run; CheckpointError naming the file and the fix."""
     path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file() and _has_run_files(path.parent):
+        raise CheckpointError(f"{path}: not found, but other files of a run are: this run is incomplete (its save "
+                              "was interrupted); train or save it again")
     data = _read_json(path, "is this a run folder written by save_run?")
     try:
         return RunConfig.from_dict(data)

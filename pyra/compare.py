@@ -189,8 +189,9 @@ def run_compare(
         result = _train_one(data, config, name, seed, run_dir, job_index, len(jobs), report, cancel)
         run_dirs[f"{name}@{seed}"] = run_dir
         histories[f"{name}@{seed}"] = result.history + result.epochs  # steps, then per-epoch validation
-        if result.status != "completed":
-            partial = CompareResult(out_dir, data.classes, [], [], {}, histories, run_dirs, result.status, result.message)
+        if result.status != "completed":  # the message says which training stopped
+            message = f"{METHOD_LABELS[name]}, seed {seed}: {result.message}"
+            partial = CompareResult(out_dir, data.classes, [], [], {}, histories, run_dirs, result.status, message)
             partial.save()
             return partial
     report(CompareProgress("accuracy", 0.9, "measuring accuracy and speed at every level"))
@@ -231,7 +232,9 @@ def _sweep(data: DatasetSplit, config: CompareConfig, out_dir: Path, run_dirs: d
     levels = sweep_levels(list(first.merge_config.schedule), config.levels, first)
     val_set = model_dataset(first, data.val)
     correct, reports, features = _accuracies(models, levels, val_set, data.classes, config.seeds, report)
-    np.savez_compressed(out_dir / FEATURES_FILE, **features)
+    stored = io.BytesIO()
+    np.savez_compressed(stored, **features)
+    write_atomic(out_dir / FEATURES_FILE, stored.getvalue())
     for model in models.values():
         merge_lora(model)  # inference form, measured after every accuracy is taken
     geo = geometry(first)

@@ -2,8 +2,9 @@
 
 Every handler takes the session `Session` (from ``gr.State``) first and returns it when it
 changes it. Engine errors are `ValueError`s with a message written for users
-(DataError, CheckpointError, BackboneError, ...): they reach the browser as `gr.Error`
-pop-ups or status lines, never as tracebacks. Nothing here touches tensors.
+(DataError, CheckpointError, BackboneError, ...), or a `DiskFullError` from saving a run: they
+reach the browser as `gr.Error` pop-ups or status lines, never as tracebacks. Nothing here
+touches tensors.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
+from pyra.checkpoint import DiskFullError
 from pyra.compare import run_compare
 from pyra.data import load_dataset
 from pyra.explain import inspect_layer, token_maps
@@ -28,7 +30,7 @@ from pyra.vis import (
     accuracy_vs_throughput, confusion_matrix_figure, per_class_accuracy_figure, training_curves, tsne_figure,
 )
 from pyra_app import views
-from pyra_app.session import Session, end_session_by_hash, open_session
+from pyra_app.session import Session, end_session_by_hash, open_session, work_root
 
 log = logging.getLogger("pyra_app")
 
@@ -235,6 +237,8 @@ def train(session: Optional[Session], backbone: str, weights: Optional[str], img
 def _failure_message(error: Exception) -> str:
     if isinstance(error, ValueError):  # the engine's input errors are written for users
         return str(error)
+    if isinstance(error, DiskFullError):  # saving a run: the message names the folder and the fix
+        return f"{error} The app keeps its session files under {work_root()} (set PYRA_WORK_ROOT to change it)."
     log.error("comparison failed", exc_info=error)
     return f"unexpected {type(error).__name__}: {error}. Details are in the server log."
 
