@@ -33,6 +33,7 @@ from timm.models import VisionTransformer
 from torch import Tensor
 
 from pyra.onnx_dinov2 import onnx_to_timm_state_dict
+from pyra.rng import seeded
 
 __all__ = [
     "BackboneError", "ShippedWeights", "DEFAULT_WEIGHTS", "create_backbone", "default_img_size",
@@ -225,8 +226,7 @@ def _new_model(arch: str, kwargs: dict, meta: bool = False) -> VisionTransformer
     if not arch.startswith(("hf-hub:", "hf_hub:")) and not timm.is_model(arch):
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
         raise BackboneError(f"{arch!r} is not a timm model name; try 'default'{f' or one of {close}' if close else ''}")
-    with torch.random.fork_rng(), torch.device("meta" if meta else "cpu"):
-        torch.manual_seed(0)  # the same random init every time, so random-init runs reload exactly
+    with seeded(0), torch.device("meta" if meta else "cpu"):  # the same random init every time, in any thread
         return _require_vit(timm.create_model(arch, pretrained=False, **kwargs), arch)
 
 

@@ -75,7 +75,11 @@ def predict(
     labels, logits, features = [], [], []
     try:
         with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda"):
-            for images, batch_labels in DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0):
+            # a generator of its own: a DataLoader without one draws its base seed from torch's global
+            # generator, under the feet of a model being built in another thread (see pyra.rng)
+            batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
+                                 generator=torch.Generator())
+            for images, batch_labels in batches:
                 batch_logits, batch_features = _forward(model, images.to(device), with_features)
                 labels.append(torch.as_tensor(batch_labels).to(torch.int64))
                 logits.append(batch_logits.float().cpu())

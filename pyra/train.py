@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pyra.parameters import parameter_kind
 from pyra.predict import model_device, predict
+from pyra.rng import RNG_LOCK
 
 __all__ = ["TrainConfig", "Progress", "TrainResult", "lr_at", "build_optimizer", "train"]
 
@@ -191,7 +192,8 @@ def train(
     """
     device = model_device(model) if device is None else torch.device(device)
     model.to(device)
-    torch.manual_seed(config.seed)
+    with RNG_LOCK:
+        torch.manual_seed(config.seed)
     loop = _Loop(model, train_set, config, val_set, on_progress, cancel, device)
     try:
         model.train()  # the frozen backbone still applies drop-path; LoRA applies dropout
@@ -261,8 +263,8 @@ class _Loop:
         step = len(self.history)  # 0-based index of this step
         lrs = self._set_lr(step)
         images, labels = images.to(self.device), labels.to(self.device)
-        with torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = self.model(images)
+        with RNG_LOCK, torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits = self.model(images)  # dropout and drop-path draw here: not while another thread builds a model
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
         if not torch.isfinite(loss):
             return self._diverged(step + 1, f"the loss is {loss.item()}")
