@@ -12,7 +12,6 @@ A run folder is never a mix of two saves: see `save_run`. A full disk raises `Di
 """
 from __future__ import annotations
 
-import errno
 import glob
 import json
 import os
@@ -29,6 +28,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 
 from pyra.backbone import backbone_fingerprint, create_backbone
+from pyra.disk import is_disk_full
 from pyra.lora import LoraTarget, add_lora
 from pyra.parameters import parameter_kind
 from pyra.patch import patch
@@ -45,7 +45,6 @@ CONFIG_FILE = "config.json"
 ADAPTER_FILE = "adapter.safetensors"
 METRICS_FILE = "metrics.json"
 RUN_FILES = (ADAPTER_FILE, METRICS_FILE, CONFIG_FILE)  # the order save_run gives them their names
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})  # no space, quota, file size limit
 _LORA_TARGETS = get_args(LoraTarget)
 
 
@@ -262,6 +261,7 @@ def _replace_run_files(run_dir: Path, files: dict[str, bytes]) -> None:
             os.replace(run_dir / CONFIG_FILE, retired)
         for name, temp in staged.items():
             os.replace(temp, run_dir / name)
+        _fsync_folder(run_dir)
     finally:  # after success only the retired config is left; after a failure, every temp file
         for temp in temps:
             temp.unlink(missing_ok=True)
@@ -304,6 +304,21 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the renames in `folder` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a folder; the files themselves are synced
+    finally:
+        os.close(fd)
 
 
 def _new_temp(path: Path) -> Path:
@@ -326,7 +341,7 @@ def _write_temp(path: Path, data: bytes) -> Path:
     except BaseException as error:
         if temp is not None:
             temp.unlink(missing_ok=True)
-        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+        if is_disk_full(error):
             raise DiskFullError(path, error) from error
         raise
 

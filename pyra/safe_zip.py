@@ -42,6 +42,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyra.disk import is_disk_full
+
 DEFAULT_MAX_UPLOAD_MB = 200            # size of the uploaded zip file itself
 DEFAULT_MAX_ZIP_ENTRIES = 20_000        # files + folders in one archive
 DEFAULT_MAX_UNZIPPED_MB = 1024          # total uncompressed size
@@ -227,6 +229,9 @@ def extract_zip(zip_path: Path, workdir: Path, limits: Limits) -> tuple[Path, li
         raise DataError(f"{archive}: corrupt or truncated zip ({error}). Re-create and upload it again.") from None
     except OSError as error:
         _remove(root)
+        if is_disk_full(error):
+            raise DataError(f"{archive}: not enough disk space to extract it into {workdir} ({error.strerror}). "
+                            "Free some space on that disk, or upload fewer or smaller images.") from None
         raise DataError(f"{archive}: could not extract ({error}). Check the zip's folder structure.") from None
     except BaseException:
         _remove(root)

@@ -2,7 +2,7 @@
 
 Every handler takes the session `Session` (from ``gr.State``) first and returns it when it
 changes it. Engine errors are `ValueError`s with a message written for users
-(DataError, CheckpointError, BackboneError, ...), or a `DiskFullError` from saving a run: they
+(DataError, CheckpointError, BackboneError, ...), or a full disk (`pyra.disk.is_disk_full`): they
 reach the browser as `gr.Error` pop-ups or status lines, never as tracebacks. Nothing here
 touches tensors.
 """
@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image
 
 from pyra.checkpoint import DiskFullError
+from pyra.disk import is_disk_full
 from pyra.compare import run_compare
 from pyra.data import load_dataset
 from pyra.explain import inspect_layer, token_maps
@@ -64,6 +65,8 @@ def friendly_errors(handler: Callable) -> Callable:
         except (ValueError, UserError) as error:
             raise gr.Error(str(error), print_exception=False) from None
         except Exception as error:  # a bug or an environment problem: keep the traceback in the log
+            if is_disk_full(error):
+                raise gr.Error(disk_full_message(error), print_exception=False) from None
             log.exception("handler %s failed", handler.__name__)
             raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}. Details are in the server log.",
                            print_exception=False) from None
@@ -234,11 +237,17 @@ def train(session: Optional[Session], backbone: str, weights: Optional[str], img
     yield session, views.result_status(payload, time.monotonic() - start), chart
 
 
+def disk_full_message(error: OSError) -> str:
+    """What a full disk means here: the file (when the engine names it) and where the app writes."""
+    what = str(error) if isinstance(error, DiskFullError) else f"not enough disk space ({error.strerror})."
+    return f"{what} The app keeps its session files under {work_root()} (set PYRA_WORK_ROOT to change it)."
+
+
 def _failure_message(error: Exception) -> str:
     if isinstance(error, ValueError):  # the engine's input errors are written for users
         return str(error)
-    if isinstance(error, DiskFullError):  # saving a run: the message names the folder and the fix
-        return f"{error} The app keeps its session files under {work_root()} (set PYRA_WORK_ROOT to change it)."
+    if is_disk_full(error):
+        return disk_full_message(error)
     log.error("comparison failed", exc_info=error)
     return f"unexpected {type(error).__name__}: {error}. Details are in the server log."
 

@@ -11,7 +11,7 @@ from pyra.safe_zip import Limits
 from pyra.samples import example_photos, list_samples
 from pyra_app import handlers as h
 from pyra_app import views
-from pyra_app.session import end_session, sweep_old_sessions, work_root
+from pyra_app.session import DEFAULT_MAX_AGE_S, end_session, sweep_old_sessions, work_root
 
 TITLE = "PYRA Studio"
 INTRO = """# PYRA Studio
@@ -272,7 +272,7 @@ def build_demo() -> gr.Blocks:
     """The app, with nothing loaded yet (models load when a handler needs one)."""
     sweep_old_sessions()
     photos = list(example_photos())
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=(3600, int(DEFAULT_MAX_AGE_S))) as demo:
         components = _layout(list_samples(), photos)
         _wire(demo, components)
     demo.queue(default_concurrency_limit=4)

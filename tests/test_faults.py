@@ -7,6 +7,7 @@ ignores SIGXFSZ, so its writes past the limit fail with EFBIG.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -29,8 +30,9 @@ from pyra.checkpoint import (
     ADAPTER_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES, CheckpointError, DiskFullError, RunConfig, build_model,
     load_metrics, load_run, save_run,
 )
+from pyra.data import DataError, load_dataset
 from pyra_app import handlers
-from test_app_api import TINY_TRAIN
+from test_app_api import TINY_TRAIN, make_dataset_zip
 
 DIVERGING_TRAIN = TINY_TRAIN[:4] + (3, 8, 1e10, 1e10) + TINY_TRAIN[8:]  # a learning rate no run survives
 KILLS = 10
@@ -250,6 +252,37 @@ def test_the_app_reports_a_full_disk_during_training_and_keeps_the_previous_resu
     assert "PYRA_WORK_ROOT" in failed and "Traceback" not in failed and "unexpected" not in failed
     assert report["popup"] in failed
     assert report["kept"] and report["readable"] and report["levels"] == 2
+
+
+def test_a_full_disk_while_extracting_an_upload_says_so_and_leaves_nothing(tmp_path):
+    zip_path = make_dataset_zip(tmp_path / "photos.zip", per_class=4)  # PNG entries of about 1.7 KB
+    workdir = tmp_path / "session"
+
+    def extract_past_the_limit() -> None:
+        with_file_size_limit(512)
+        try:
+            load_dataset(zip_path, workdir)
+            tell_parent("loaded")
+        except DataError as error:
+            tell_parent(str(error))
+
+    pid, read_end = in_forked_child(extract_past_the_limit)
+    lines = read_lines(read_end)
+    assert os.waitpid(pid, 0)[1] == 0, lines
+    assert lines[0].startswith(f"photos.zip: not enough disk space to extract it into {workdir} (File too large)")
+    assert "Free some space" in lines[0]
+    assert list(workdir.iterdir()) == []  # the half-extracted folder is removed
+
+
+def test_any_app_action_that_hits_a_full_disk_says_so_in_words(work_root):
+    @handlers.friendly_errors
+    def export() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(work_root / "exports" / "run.zip"))
+
+    with pytest.raises(gr.Error) as caught:
+        export()
+    assert caught.value.message == (f"not enough disk space (No space left on device). The app keeps its session "
+                                    f"files under {work_root} (set PYRA_WORK_ROOT to change it).")
 
 
 # ---------------------------------------------------------------- a diverging training
