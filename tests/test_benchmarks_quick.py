@@ -105,3 +105,29 @@ def test_results_report_renders_the_quick_results_with_charts(quick_out: Path) -
     if png:
         assert png_size(quick_out / "charts" / "accuracy_textures.png") == (900, 550)
         assert "](charts/accuracy_textures.png)" in text
+
+
+def test_speed_benchmarks_quick_measure_every_level_and_render_performance_md(tmp_path: Path) -> None:
+    png = png_wanted()
+    run_script("train_speed.py", "--quick", "--out", str(tmp_path))
+    run_script("engine_speed.py", "--quick", "--out", str(tmp_path), *([] if png else ["--no-png"]))
+    report = json.loads((tmp_path / "perf" / "engine_speed.json").read_text())
+    assert report["results"], report.get("skipped")
+    for result in report["results"]:
+        ratios = [level["flops_ratio"]["tome"] for level in result["levels"]]
+        assert ratios == sorted(ratios) and ratios[0] > 1.0  # every level saves FLOPs, more at each step
+        for level in result["levels"]:
+            assert level["flops_ratio"]["pyra"] <= level["flops_ratio"]["tome"]  # PYRA adds its gates' FLOPs
+            for timing in level["methods"].values():
+                assert timing["throughput"]["p25"] <= timing["throughput"]["median"] <= timing["throughput"]["p75"]
+    text = (tmp_path / "PERFORMANCE.md").read_text()
+    assert "## Training step time" in text and "Not measured yet" not in text  # train_speed.json was rendered
+    if png:
+        assert png_size(tmp_path / "charts" / "speed_vs_flops.png") == (900, 550)
+
+
+def test_session_load_quick_holds_its_invariants(tmp_path: Path) -> None:
+    run_script("session_load.py", "--quick", "--out", str(tmp_path))  # exits non-zero when an invariant fails
+    report = json.loads((tmp_path / "session_load.json").read_text())
+    assert report["failures"] == []
+    assert len(report["sessions"]) == 2 and len(report["stops"]) == 3
