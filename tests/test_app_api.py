@@ -6,12 +6,8 @@ A tiny configuration keeps it under a minute on 2 CPU cores: a random-init ViT-T
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,15 +17,13 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.session_load import serve_app  # noqa: E402
+
 TINY_BACKBONE = "random:vit_tiny_patch16_224"
 # backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, bench repeats
 TINY_TRAIN = (TINY_BACKBONE, None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_dataset_zip(path: Path, classes=("red", "green", "blue"), per_class: int = 8) -> Path:
@@ -47,43 +41,16 @@ def make_dataset_zip(path: Path, classes=("red", "green", "blue"), per_class: in
 
 
 @contextlib.contextmanager
-def running_app(work_root: Path, timeout_s: float = 180.0) -> Iterator[str]:
-    """`python app.py` on a free port on 127.0.0.1; yields its URL and stops it afterwards."""
-    port = free_port()
-    env = os.environ | {
-        "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "PYRA_WORK_ROOT": str(work_root),
-        "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1",
-    }
-    log_path = work_root.parent / f"app-{port}.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(url, timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"app.py did not answer within {timeout_s} s:\n{log_path.read_text()[-3000:]}")
-                time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def running_app(folder: Path) -> Iterator[str]:
+    """`python app.py` on a free 127.0.0.1 port with its files under `folder` (session folders in
+    `folder / "work"`); yields its URL and stops it afterwards."""
+    with serve_app(folder) as app:
+        yield app.url
 
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("app") / "work"
-    with running_app(root) as url:
+    with running_app(tmp_path_factory.mktemp("app")) as url:
         yield url
 
 

@@ -58,7 +58,7 @@ def test_tiny_demo_in_the_browser(browser, tmp_path):
     from playwright.sync_api import expect
 
     zip_path = make_dataset_zip(tmp_path / "colours.zip")
-    with running_app(tmp_path / "work") as url:
+    with running_app(tmp_path) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         expect(page.get_by_text("PYRA Studio").first).to_be_visible(timeout=60_000)
@@ -109,8 +109,8 @@ def test_closing_the_tab_removes_the_session_directory(browser, tmp_path):
     from playwright.sync_api import expect
 
     zip_path = make_dataset_zip(tmp_path / "colours.zip", per_class=3)
-    work = tmp_path / "work"
-    with running_app(work) as url:
+    work = tmp_path / "work"  # where running_app(tmp_path) keeps the session folders
+    with running_app(tmp_path) as url:
         page = browser.new_page()
         page.goto(url)
         page.locator("#zip-upload input[type=file]").set_input_files(str(zip_path))
