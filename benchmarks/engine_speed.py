@@ -252,7 +252,8 @@ def performance_markdown(report: dict[str, Any], script_command: str, png: bool,
         f"warm-up round(s), then {settings['repeats']} recorded rounds per setting; median with [25th-75th percentile].",
         f"- Levels: {levels}. low and high are the paper's schedules (for other backbones and sizes, schedules "
         "of the same shape with the FLOPs ratio of ViT-B/16's); "
-        f"{targets} are FLOPs-ratio targets, each solved into the constant-r schedule closest to it.",
+        f"{targets} are FLOPs-ratio targets, each solved into the schedule of high's shape (most merging in "
+        "early layers) closest to it.",
         f"- Per setting, {2 + 2 * len(settings['levels'])} copies of the same random-init model run in one "
         "process, interleaved each round (timm, patched r=0, then ToMe and PYRA at every level, at batch 1, "
         "then the same at batch B), under `torch.inference_mode`. PYRA's token-gate weights are set to small "
