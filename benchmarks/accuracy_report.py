@@ -192,6 +192,7 @@ def accuracy_section(matrices: Sequence[dict[str, Any]], speed: Optional[dict[st
             (level, method): ratios[level] for level in levels for method in ("tome", "pyra")}
         x_title = "FLOPs ratio (uncompressed / compressed)"
     train = settings["train"]
+    caps = {d: n for m in matrices for d, n in m["settings"]["max_per_class"].items() if d in pooled}
     lines = [
         f"## Accuracy at {len(levels) + 1} compression levels, {len(pooled)} datasets, "
         f"{len(settings['seeds'])} seed(s)", "",
@@ -201,7 +202,7 @@ def accuracy_section(matrices: Sequence[dict[str, Any]], speed: Optional[dict[st
         f"PYRA learning rates {', '.join(f'{lr:g}' for lr in lrs)} (each reported: nothing is picked on the "
         f"validation split); seeds {settings['seeds']}, each seed draws its own train/validation split "
         f"({int(100 * settings['val_fraction'])}% validation, images per class capped at "
-        f"{settings['max_per_class']}). Every compressed model is trained at the level it is evaluated at; "
+        f"{', '.join(f'{n} for {d}' for d, n in sorted(caps.items()))}). Every compressed model is trained at the level it is evaluated at; "
         "training-free ToMe is the uncompressed LoRA model merged at that level. "
         f"{sum(m.get('minutes', 0) for m in matrices):.0f} process-minutes on {first['machine']['cpu']} "
         f"({first['machine']['cores']} cores, {first['threads']} torch thread(s) per process).", "",
