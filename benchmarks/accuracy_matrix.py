@@ -31,6 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -89,11 +90,11 @@ def run_cell(data: DatasetSplit, config: MatrixConfig, seed: int, method: Method
     model, result, report = train_run(data, run_config, run_dir, device="cpu")
     if report is None:
         raise RuntimeError(f"{run_dir.name}: training ended with {result.status}: {result.message}")
-    _, predictions = evaluate(model, model_dataset(model, data.val), data.classes)
+    _, predictions = evaluate(model, model_dataset(model, data.val), data.classes)  # per-image outcomes
     return run_config, model, {"seconds": round(result.seconds, 1), **cell_result(predictions.correct)}
 
 
-def cell_result(correct) -> dict[str, Any]:
+def cell_result(correct: np.ndarray) -> dict[str, Any]:
     """Accuracy, n and the per-image outcome (a string of 0/1, validation order) for paired tests."""
     return {"accuracy": float(correct.mean()), "n": int(correct.size),
             "correct": "".join("1" if c else "0" for c in correct)}
@@ -131,7 +132,8 @@ def run_seed(dataset: str, seed: int, config: MatrixConfig, workdir: Path,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one tiny dataset, one seed, random ViT-Tiny (< 3 min)")
-    parser.add_argument("--datasets", default=None, help="comma-separated built-in samples (default: fashion,digits,faces)")
+    parser.add_argument("--datasets", default=None,
+                        help="comma-separated built-in samples (default: fashion,digits,faces)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="writes <out>/results/ (default docs/)")
     args = parser.parse_args(argv)
@@ -145,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/accuracy_matrix.py" + "".join(
         f" {flag}" for flag, given in (("--quick", args.quick), (f"--datasets {args.datasets}", args.datasets),
                                        (f"--threads {args.threads}", args.threads)) if given)
-    name = "accuracy_matrix" + ("_quick" if args.quick else f"-{args.datasets.replace(',', '-')}" if args.datasets else "")
+    suffix = "_quick" if args.quick else f"-{args.datasets.replace(',', '-')}" if args.datasets else ""
+    name = f"accuracy_matrix{suffix}"
     path = args.out / "results" / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -202,7 +202,8 @@ def accuracy_section(matrices: Sequence[dict[str, Any]], speed: Optional[dict[st
         f"PYRA learning rates {', '.join(f'{lr:g}' for lr in lrs)} (each reported: nothing is picked on the "
         f"validation split); seeds {settings['seeds']}, each seed draws its own train/validation split "
         f"({int(100 * settings['val_fraction'])}% validation, images per class capped at "
-        f"{', '.join(f'{n} for {d}' for d, n in sorted(caps.items()))}). Every compressed model is trained at the level it is evaluated at; "
+        f"{', '.join(f'{n} for {d}' for d, n in sorted(caps.items()))}). "
+        "Every compressed model is trained at the level it is evaluated at; "
         "training-free ToMe is the uncompressed LoRA model merged at that level. "
         f"{sum(m.get('minutes', 0) for m in matrices):.0f} process-minutes on {first['machine']['cpu']} "
         f"({first['machine']['cores']} cores, {first['threads']} torch thread(s) per process).", "",
@@ -219,7 +220,8 @@ def accuracy_section(matrices: Sequence[dict[str, Any]], speed: Optional[dict[st
         files = chart(accuracy_chart(dataset, cells, levels, x_of, x_title, lrs), charts_dir / f"accuracy_{dataset}")
         png = next((f for f in files if f.suffix == ".png"), None)
         html = next(f for f in files if f.suffix == ".html")
-        lines += [f"### `sample:{dataset}` ({sizes})", "", *_table(header, dataset_table(cells, levels, ratios, lrs)), ""]
+        rows = dataset_table(cells, levels, ratios, lrs)
+        lines += [f"### `sample:{dataset}` ({sizes})", "", *_table(header, rows), ""]
         if png is not None:
             lines.append(f"![accuracy vs speed on {dataset}](charts/{png.name})")
         lines += [f"Interactive chart: [charts/{html.name}](charts/{html.name}).", ""]

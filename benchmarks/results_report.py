@@ -91,7 +91,7 @@ def comparison_section(report: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "docs",
-                        help="reads <out>/results and <out>/perf, writes <out>/RESULTS.md and <out>/charts (default docs/)")
+                        help="reads <out>/results and <out>/perf; writes <out>/RESULTS.md, <out>/charts (default docs/)")
     parser.add_argument("--no-png", action="store_true", help="write the HTML charts only (no Chromium needed)")
     parser.add_argument("--quick", action="store_true", help="render the files the --quick runs wrote")
     args = parser.parse_args(argv)
