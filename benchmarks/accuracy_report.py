@@ -17,6 +17,7 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 
 from pyra.backbone import backbone_structure
+from pyra.bench import markdown_table
 from pyra.patch import geometry
 from pyra.schedule import flops_ratio
 from pyra.stats import paired_seed_difference, seed_summary
@@ -214,30 +215,27 @@ def accuracy_section(matrices: Sequence[dict[str, Any]], speed: Optional[dict[st
     header = ["level", "FLOPs ratio", LABELS["uncompressed"], LABELS["tome_free"], LABELS["tome"],
               *[method_label(f"pyra@{lr:g}") for lr in lrs], *[f"PYRA (lr {lr:g}) - ToMe" for lr in lrs]]
     for dataset, cells in pooled.items():
-        splits = [s for key, s in first_splits(matrices).items() if key.startswith(f"{dataset}@")]
+        splits = [s for key, s in all_splits(matrices).items() if key.startswith(f"{dataset}@")]
         sizes = f"{splits[0]['train']} training / {splits[0]['val']} validation images, " \
                 f"{len(splits[0]['classes'])} classes" if splits else ""
         files = chart(accuracy_chart(dataset, cells, levels, x_of, x_title, lrs), charts_dir / f"accuracy_{dataset}")
         png = next((f for f in files if f.suffix == ".png"), None)
         html = next(f for f in files if f.suffix == ".html")
         rows = dataset_table(cells, levels, ratios, lrs)
-        lines += [f"### `sample:{dataset}` ({sizes})", "", *_table(header, rows), ""]
+        lines += [f"### `sample:{dataset}` ({sizes})", "", markdown_table(header, rows), ""]
         if png is not None:
             lines.append(f"![accuracy vs speed on {dataset}](charts/{png.name})")
         lines += [f"Interactive chart: [charts/{html.name}](charts/{html.name}).", ""]
     lines += [
         "### PYRA - ToMe + LoRA pooled over datasets and seeds", "",
         "Each (dataset, seed) pair counts once; the interval is a Student-t interval over those pairs.", "",
-        *_table(["level", "PYRA lr", "pairs", "PYRA - ToMe, points [95% CI]"], pooled_rows(pooled, levels, lrs)), "",
+        markdown_table(["level", "PYRA lr", "pairs", "PYRA - ToMe, points [95% CI]"], pooled_rows(pooled, levels, lrs)),
+        "",
         *claims_lines(pooled, levels, lrs),
     ]
     return lines
 
 
-def first_splits(matrices: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def all_splits(matrices: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """'dataset@seed' -> split sizes, over all matrices."""
     return {key: split for matrix in matrices for key, split in matrix["splits"].items()}
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]

@@ -36,6 +36,7 @@ from pyra.bench import (  # noqa: E402
     level_label,
     machine_info,
     markdown_table,
+    spread_text,
 )
 from pyra.patch import geometry  # noqa: E402
 from pyra.schedule import forward_flops, resolve_schedule  # noqa: E402
@@ -127,10 +128,6 @@ def run_matrix(settings: list[Setting], batch: int, repeats: int, warmup: int) -
 # ---------------------------------------------------------------------------------------
 
 
-def _spread(spread: dict[str, float], digits: int) -> str:
-    return f"{spread['median']:.{digits}f} [{spread['p25']:.{digits}f}-{spread['p75']:.{digits}f}]"
-
-
 def _both(timing: dict[str, Any]) -> str:
     return f"{timing['speedup_throughput']:.2f}x / {timing['speedup_latency']:.2f}x"
 
@@ -167,8 +164,8 @@ def detail_rows(result: dict[str, Any]) -> list[list[str]]:
 
 def _detail_row(timing: dict[str, Any], level: str, tokens: str, flops: int, ratio: float, overhead: str) -> list[str]:
     return [
-        timing["label"], level, tokens, f"{flops / 1e9:.2f}", f"{ratio:.2f}x", _spread(timing["latency_ms"], 1),
-        _spread(timing["throughput"], 1), _both(timing), f"{timing['speedup_over_flops_ratio']:.2f}", overhead,
+        timing["label"], level, tokens, f"{flops / 1e9:.2f}", f"{ratio:.2f}x", spread_text(timing["latency_ms"], 1),
+        spread_text(timing["throughput"], 1), _both(timing), f"{timing['speedup_over_flops_ratio']:.2f}", overhead,
     ]
 
 

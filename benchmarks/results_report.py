@@ -20,10 +20,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from benchmarks.accuracy_report import accuracy_section, load_matrices  # noqa: E402
 from benchmarks.charts import write_chart  # noqa: E402
-
-
-def table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+from pyra.bench import markdown_table  # noqa: E402
 
 
 def pct(value: float | None) -> str:
@@ -38,7 +35,8 @@ def quality_section(report: dict) -> list[str]:
         "## The default backbone is really pretrained", "",
         f"    {report['command']}", "",
         f"Machine: {report['machine']}. Settings: {report['settings']}.", "",
-        *table(["backbone", "val accuracy % [95% Wilson]", "val images", "after each epoch %", "train s"], rows),
+        markdown_table(["backbone", "val accuracy % [95% Wilson]", "val images", "after each epoch %", "train s"],
+                       rows),
         "",
         "The random-init run uses the same recipe, which is tuned for pretrained features; it shows how much "
         "the shipped weights carry, not the best a random-init ViT could do with a longer schedule.", "",
@@ -73,7 +71,7 @@ def comparison_section(report: dict) -> list[str]:
                 " ".join(pct(float(a)) for a in row["seed_accuracies"].split()),
                 f"{row['throughput']:.1f}", f"{row['flops_ratio']:.2f}x",
             ])
-    lines += table(["level", "method", "accuracy %", "per seed %", "img/s", "FLOPs ratio"], rows)
+    lines.append(markdown_table(["level", "method", "accuracy %", "per seed %", "img/s", "FLOPs ratio"], rows))
     target = str(result["levels"][-1]["index"])
     lines += ["", "Paired differences at the target level (first seed: bootstrap over validation images and "
               "exact McNemar; all seeds: mean difference with a t-interval):", ""]

@@ -248,7 +248,8 @@ TABLE_COLUMNS = (
 )
 
 
-def _spread(spread: dict[str, float], digits: int) -> str:
+def spread_text(spread: dict[str, float], digits: int) -> str:
+    """'median [p25-p75]' of a SpeedStats dict."""
     return f"{spread['median']:.{digits}f} [{spread['p25']:.{digits}f}-{spread['p75']:.{digits}f}]"
 
 
@@ -264,8 +265,8 @@ def bench_rows(result: dict[str, Any]) -> list[list[str]]:
             f"{first} -> {last}" if merges else str(first),
             f"{result['flops'][name] / 1e9:.2f}",
             f"{result['flops_ratio'][name]:.2f}x",
-            _spread(m["latency_ms"], 1),
-            _spread(m["throughput"], 1),
+            spread_text(m["latency_ms"], 1),
+            spread_text(m["throughput"], 1),
             f"{m['speedup_throughput']:.2f}x / {m['speedup_latency']:.2f}x",
             f"{m['speedup_over_flops_ratio']:.2f}",
             f"{overhead['pyra_vs_tome']['throughput']:+.1f}%" if name == "pyra" else "",
