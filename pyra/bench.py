@@ -110,15 +110,17 @@ def bench_sweep(
         bench_models(base, schedules), img_size=img_size, batch_size=batch_size, repeats=repeats,
         warmup=warmup, threads=threads,
     )
+    full = forward_flops([0] * geo.depth, geo, "none")
     return {
         **_header(backbone, img_size, geo, stats["uncompressed"].threads, batch_size, repeats, warmup),
-        "flops_uncompressed": forward_flops([0] * geo.depth, geo, "none"),
+        "flops_uncompressed": full,
         "uncompressed": _timing(stats, "uncompressed", 1.0),
         "patched_r0": {
             **_timing(stats, "patched_r0", 1.0),
             "overhead_pct": _overhead_pct(stats, "patched_r0", "uncompressed"),
         },
-        "levels": [_level_result(stats, geo, i, level, schedule) for i, (level, schedule) in enumerate(zip(levels, schedules))],
+        "levels": [_level_result(stats, geo, full, i, level, schedule)
+                   for i, (level, schedule) in enumerate(zip(levels, schedules))],
     }
 
 
@@ -129,10 +131,10 @@ def level_label(level: ScheduleSpec) -> str:
     return str(_spec_json(level))
 
 
-def _level_result(stats: SpeedReport, geo: VitGeometry, index: int, level: ScheduleSpec,
+def _level_result(stats: SpeedReport, geo: VitGeometry, full: int, index: int, level: ScheduleSpec,
                   schedule: list[int]) -> dict[str, Any]:
-    """One level of a sweep: its schedule, FLOPs, ToMe and PYRA timings and PYRA's overhead."""
-    full = forward_flops([0] * geo.depth, geo, "none")
+    """One level of a sweep (`full`: the uncompressed FLOPs): its schedule, FLOPs, ToMe and PYRA
+    timings and PYRA's overhead."""
     flops = {method: forward_flops(schedule, geo, method) for method in ("tome", "pyra")}
     named = {"uncompressed": stats["uncompressed"], **{m: stats[f"{m}@{index}"] for m in flops}}
     return {
