@@ -222,8 +222,8 @@ def save_run(run_dir: str | Path, model: nn.Module, config: RunConfig, metrics: 
     Saving over an existing run is safe against the process being killed, or the disk filling
     up, at any moment: the folder then holds the old run, the new one, or no config.json (an
     incomplete run that `load_run` refuses by name), never the adapter of one save with the
-    config of another. Temporary files
-    left by an interrupted save are removed. One process at a time may save into a run folder.
+    config of another. Temporary files left by an interrupted save are removed. One process at
+    a time may save into a run folder.
     """
     config = _with_fingerprint(model, config)
     if getattr(model, "num_classes", config.num_classes) != config.num_classes:

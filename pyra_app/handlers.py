@@ -22,9 +22,9 @@ import pandas as pd
 from PIL import Image
 
 from pyra.checkpoint import DiskFullError
-from pyra.disk import is_disk_full
 from pyra.compare import run_compare
 from pyra.data import load_dataset
+from pyra.disk import is_disk_full
 from pyra.explain import inspect_layer, token_maps
 from pyra.samples import example_photos
 from pyra.vis import (
