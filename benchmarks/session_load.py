@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from pyra.bench import machine_info, markdown_table  # noqa: E402
+from pyra.safe_zip import size_text  # noqa: E402
 from pyra_app.session import session_dir_name  # noqa: E402
 
 TINY_BACKBONE = "random:vit_tiny_patch16_224"
@@ -450,13 +451,6 @@ def mb(value: float) -> str:
     return f"{value / 2**20:.0f}"
 
 
-def size(value: float) -> str:
-    """Bytes as 0 / KB / MB."""
-    if not value:
-        return "0"
-    return f"{value / 1024:.0f} KB" if value < 2**20 else f"{value / 2**20:.1f} MB"
-
-
 def report_markdown(result: dict[str, Any]) -> str:
     """The figures section of docs/RELIABILITY.md."""
     m, memory, disk, stops = result["machine"], result["memory"], result["disk"], result["stops"]
@@ -494,11 +488,11 @@ def report_markdown(result: dict[str, Any]) -> str:
               f"{mb(memory['after_each_stop'][0])} / {mb(max(memory['after_each_stop']))}"],
              ["after the stops", mb(memory["after_stops"])]]),
         "",
-        f"Disk: the work root (`PYRA_WORK_ROOT`) peaked at {size(disk['work_root_peak_sessions'])} during the "
-        f"sessions and held {size(disk['work_root_after_sessions'])} once they had closed "
-        f"({size(disk['work_root_end'])} at the end). Gradio's own folder (`GRADIO_TEMP_DIR`: uploads and "
-        f"generated images) held {size(disk['gradio_temp_after_sessions'])} after the sessions and "
-        f"{size(disk['gradio_temp_end'])} at the end: Gradio does not empty it per session.",
+        f"Disk: the work root (`PYRA_WORK_ROOT`) peaked at {size_text(disk['work_root_peak_sessions'])} during the "
+        f"sessions and held {size_text(disk['work_root_after_sessions'])} once they had closed "
+        f"({size_text(disk['work_root_end'])} at the end). Gradio's own folder (`GRADIO_TEMP_DIR`: uploads and "
+        f"generated images) held {size_text(disk['gradio_temp_after_sessions'])} after the sessions and "
+        f"{size_text(disk['gradio_temp_end'])} at the end: Gradio does not empty it per session.",
         "",
     ]
     seen = [s["step_seen"] for s in stops]
