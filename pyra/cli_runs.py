@@ -10,14 +10,14 @@ import argparse
 import json
 import sys
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Optional
 
 from PIL import Image
 
-from pyra.checkpoint import load_config
-from pyra.compare import CompareConfig, run_compare
+from pyra.checkpoint import RunConfig, load_config
+from pyra.compare import PROTOCOLS, CompareConfig, run_compare
 from pyra.data import DataError, DatasetSplit, load_dataset
 from pyra.evaluate import measure_speed
 from pyra.explain import token_maps
@@ -25,6 +25,7 @@ from pyra.parameters import parameter_report
 from pyra.patch import geometry
 from pyra.pipeline import evaluate_run, make_run_config, train_run
 from pyra.predict import default_device
+from pyra.recipes import DEFAULT_RECIPE, RECIPES, recipe
 from pyra.samples import list_samples
 from pyra.schedule import flops_ratio, forward_flops, parse_schedule, resolve_schedule, tokens_per_layer
 from pyra.train import TrainConfig
@@ -73,18 +74,38 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="local weights file for the --backbone architecture")
     parser.add_argument("--img-size", type=int, help="input size (default: 8x8 patches on CPU, 224 on GPU)")
     parser.add_argument("--schedule", default="high", help="low, high, r, r1,r2,..., a FLOPs ratio like 2.5, r@inflection")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3, help="LoRA + head learning rate")
-    parser.add_argument("--pyra-lr", type=float, default=1e-3, help="PYRA learning rate")
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default=DEFAULT_RECIPE.name,
+                        help="defaults for every training setting below: " +
+                             "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()))
+    parser.add_argument("--epochs", type=int, help="(default: the recipe's)")
+    parser.add_argument("--batch-size", type=int, help="(default: the recipe's)")
+    parser.add_argument("--lr", type=float, help="LoRA + head learning rate (default: the recipe's)")
+    parser.add_argument("--pyra-lr", type=float, help="PYRA learning rate (default: the recipe's)")
     parser.add_argument("--lora-rank", type=int, default=4)
-    parser.add_argument("--lora-dropout", type=float, default=0.1, help="dropout on the LoRA input (paper: 0.1)")
-    parser.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate (paper: 0.1)")
+    parser.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (paper: 0.1)")
+    parser.add_argument("--drop-path", type=float, help="stochastic depth rate (paper: 0.1)")
+    elastic = parser.add_mutually_exclusive_group()
+    elastic.add_argument("--elastic", nargs="?", const="sandwich", choices=("uniform", "sandwich"),
+                         help="train a merging model for every level from uncompressed to --schedule "
+                              "(default with the small-data recipe: sandwich)")
+    elastic.add_argument("--no-elastic", dest="elastic", action="store_const", const="off",
+                         help="train at --schedule only")
+    parser.add_argument("--head-start", action=argparse.BooleanOptionalAction, default=None,
+                        help="fit the head by logistic regression on frozen features before fine-tuning")
     parser.add_argument("--json", action="store_true", help="print only JSON")
 
 
 def _train_config(args: argparse.Namespace, seed: int) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, pyra_lr=args.pyra_lr, seed=seed)
+    """The recipe's TrainConfig with every flag the user gave put over it."""
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "pyra_lr": args.pyra_lr,
+             "elastic": args.elastic, "head_start": args.head_start}
+    return replace(recipe(args.recipe).train, seed=seed, **{k: v for k, v in given.items() if v is not None})
+
+
+def _regularisation(args: argparse.Namespace) -> dict[str, float]:
+    chosen = recipe(args.recipe)
+    return {"lora_dropout": chosen.lora_dropout if args.lora_dropout is None else args.lora_dropout,
+            "drop_path_rate": chosen.drop_path_rate if args.drop_path is None else args.drop_path}
 
 
 # ---------------------------------------------------------------------------------------- samples
@@ -122,8 +143,8 @@ def run_train(args: argparse.Namespace) -> int:
         data = _load_data(args.data, Path(workdir), args.val_fraction, args.split_seed)
         config = make_run_config(
             data, backbone=args.backbone, backbone_weights=args.weights, img_size=args.img_size, method=args.method,
-            schedule=parse_schedule(args.schedule), lora_rank=args.lora_rank, lora_dropout=args.lora_dropout,
-            drop_path_rate=args.drop_path, train_config=_train_config(args, args.seed), seed=args.seed,
+            schedule=parse_schedule(args.schedule), lora_rank=args.lora_rank, **_regularisation(args),
+            train_config=_train_config(args, args.seed), seed=args.seed,
         )
         progress = _ProgressLine(not args.json)
         model, result, report = train_run(data, config, args.out, on_progress=progress)
@@ -140,6 +161,8 @@ def run_train(args: argparse.Namespace) -> int:
         "tokens_per_layer": tokens_per_layer(config.schedule, geo),
         "flops": forward_flops(config.schedule, geo, config.method),
         "flops_ratio": flops_ratio(config.schedule, geo, config.method),
+        "elastic": result.elastic,
+        "head_start": result.head_start.to_dict() if result.head_start else None,
         "parameters": parameter_report(model).to_dict(),
         "validation": report.to_dict() if report is not None else None,
         "classes": list(config.classes),
@@ -190,6 +213,7 @@ def run_eval(args: argparse.Namespace) -> int:
         "flops": forward_flops(applied, geo, method),
         "flops_ratio": flops_ratio(applied, geo, method),
         "validation": report.to_dict(),
+        "off_target": off_target(config, applied, method),
         "recorded_accuracy": recorded,
         "reproduces_recorded": recorded == report.accuracy if schedule is None and args.method is None else None,
     }
@@ -203,6 +227,9 @@ def run_eval(args: argparse.Namespace) -> int:
         result["speed"] = {name: s.to_dict() for name, s in stats.items()}
     text = (f"{method} at {applied}: accuracy {report.accuracy:.2%} [{report.low:.2%}, {report.high:.2%}] "
             f"(n={report.n}), macro-F1 {report.macro_f1:.3f}, {result['flops_ratio']:.2f}x fewer FLOPs")
+    if result["off_target"]:
+        text += "\noff-target: the run was not trained for this schedule, so this accuracy understates what " \
+                "a model trained for it would reach"
     if "speed" in result:
         speed = result["speed"]
         text += (f"\nthroughput {speed['compressed']['throughput']['median']:.1f} img/s vs "
@@ -210,6 +237,19 @@ def run_eval(args: argparse.Namespace) -> int:
                  f"({speed['compressed']['threads']} threads)")
     emit(result, text, args.json)
     return 0
+
+
+def off_target(config: RunConfig, schedule: list[int], method: str) -> bool:
+    """True when the run was not trained for `schedule` with `method`: an elastic run covers every
+    schedule up to its target, any other run only its own schedule."""
+    trained = list(config.schedule)
+    if not any(schedule):
+        return config.method != "none" and config.train.elastic == "off" and any(trained)
+    if method != config.method:
+        return True
+    if config.train.elastic != "off":
+        return any(r > t for r, t in zip(schedule, trained))
+    return schedule != trained
 
 
 # ---------------------------------------------------------------------------------------- compare
@@ -221,6 +261,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     _train_arguments(parser)
     parser.add_argument("--seeds", default="0", help="training seeds, comma separated (e.g. 0,1,2)")
     parser.add_argument("--levels", default="0,0.25,0.5,0.75,1", help="fractions of the schedule to sweep")
+    parser.add_argument("--protocol", choices=PROTOCOLS,
+                        help="elastic: one model per method for every level; per-level: one model per level "
+                             "(the paper's). Default: elastic, or per-level with --no-elastic / --recipe paper")
     parser.add_argument("--bench-repeats", type=int, default=5)
     parser.add_argument("--bench-batch", type=int, default=8)
     parser.add_argument("--out", required=True, type=Path, help="folder for the runs and compare.json/csv")
@@ -235,10 +278,12 @@ def _numbers(text: str, kind: type, what: str) -> tuple:
 
 
 def run_compare_command(args: argparse.Namespace) -> int:
+    train_config = _train_config(args, 0)
+    protocol = args.protocol or ("per-level" if train_config.elastic == "off" else "elastic")
     config = CompareConfig(
         backbone=args.backbone, weights=args.weights, img_size=args.img_size, schedule=parse_schedule(args.schedule),
-        lora_rank=args.lora_rank, lora_dropout=args.lora_dropout, drop_path_rate=args.drop_path,
-        train=_train_config(args, 0), seeds=_numbers(args.seeds, int, "seeds"),
+        lora_rank=args.lora_rank, **_regularisation(args), protocol=protocol,
+        train=train_config, seeds=_numbers(args.seeds, int, "seeds"),
         levels=_numbers(args.levels, float, "levels"), bench_batch=args.bench_batch, bench_repeats=args.bench_repeats,
     )
     with tempfile.TemporaryDirectory(prefix="pyra-data-") as workdir:
@@ -247,6 +292,7 @@ def run_compare_command(args: argparse.Namespace) -> int:
         result = run_compare(data, config, args.out, on_progress=progress)
         progress.close()
     summary = {"out_dir": str(args.out), "status": result.status, "message": result.message,
+               "protocol": result.protocol, "training": result.training,
                "levels": [asdict(level) for level in result.levels], "rows": result.rows,
                "comparisons": {str(k): v for k, v in result.comparisons.items()}}
     lines = [f"{result.status}: {args.out}"]

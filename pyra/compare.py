@@ -1,13 +1,19 @@
 """The comparison the app shows: LoRA uncompressed vs ToMe + LoRA vs PYRA + LoRA on one dataset.
 
-For each seed it trains the three models at one target schedule, then sweeps compression
-levels (fractions of the target schedule, so a PYRA model never merges more than it was
-trained to): accuracy of every model at every level, ToMe applied training-free to the
+For each seed it trains the models, then sweeps compression levels (fractions of the target
+schedule): accuracy of every model at every level, ToMe applied training-free to the
 uncompressed model, and latency / throughput measured interleaved on this machine.
+
+Every accuracy of ToMe + LoRA and PYRA + LoRA comes from a model trained for that level:
+- protocol "elastic" (default): one model per method, trained for the whole range at once
+  (`pyra.elastic`), evaluated at every level;
+- protocol "per-level" (the paper's): one model per method and level, each evaluated at its own
+  level (the uncompressed level is the uncompressed LoRA model).
 """
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import threading
@@ -17,14 +23,17 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from pyra.checkpoint import load_run, write_atomic
+from pyra.backbone import backbone_structure
+from pyra.checkpoint import RunConfig, load_run, write_atomic
 from pyra.data import DatasetSplit
+from pyra.elastic import scaled_schedule
 from pyra.evaluate import evaluate, measure_speed
 from pyra.lora import merge_lora
 from pyra.patch import geometry, set_schedule
 from pyra.pipeline import make_run_config, model_dataset, train_run
 from pyra.predict import default_device
-from pyra.schedule import ScheduleSpec, flops_ratio, forward_flops, resolve_schedule
+from pyra.recipes import DEFAULT_RECIPE
+from pyra.schedule import ScheduleSpec, VitGeometry, flops_ratio, forward_flops, resolve_schedule
 from pyra.stats import accuracy_interval, paired_difference, paired_seed_difference, seed_summary
 from pyra.train import Progress, TrainConfig
 
@@ -38,6 +47,7 @@ METHOD_LABELS = {
 }
 FEATURES_FILE = "features.npz"  # pre-logits features at the target level, per method, plus "labels"
 PAIRS = [("pyra", "tome"), ("pyra", "tome_free"), ("pyra", "uncompressed"), ("tome", "uncompressed")]
+PROTOCOLS = ("elastic", "per-level")
 
 
 @dataclass(frozen=True)
@@ -49,11 +59,12 @@ class CompareConfig:
     img_size: Optional[int] = None  # None: the backbone's CPU/GPU default
     schedule: ScheduleSpec = "high"  # target compression PYRA and ToMe are trained at
     lora_rank: int = 4
-    lora_dropout: float = 0.1  # paper recipe; 0 suits a few CPU epochs better
-    drop_path_rate: float = 0.1
-    train: TrainConfig = field(default_factory=TrainConfig)
+    lora_dropout: float = DEFAULT_RECIPE.lora_dropout
+    drop_path_rate: float = DEFAULT_RECIPE.drop_path_rate
+    train: TrainConfig = DEFAULT_RECIPE.train
     seeds: tuple[int, ...] = (0,)
     levels: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # fractions of the target schedule
+    protocol: str = "elastic"  # "elastic": one model for every level; "per-level": one model per level
     bench_batch: int = 8
     bench_repeats: int = 5
     device: str = field(default_factory=default_device)  # "cuda" when available
@@ -65,6 +76,17 @@ class CompareConfig:
             raise ValueError(f"levels are fractions of the target schedule in [0, 1], got {self.levels}")
         if self.bench_repeats < 1 or self.bench_batch < 1:
             raise ValueError("bench_repeats and bench_batch must be >= 1")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol == "elastic" and self.train.elastic == "off":
+            raise ValueError("the elastic protocol needs an elastic mode (uniform or sandwich); "
+                             "for one model per level use protocol per-level")
+
+    def training_label(self) -> str:
+        """How the compressed models were trained, in words."""
+        if self.protocol == "per-level":
+            return "one model per compression level"
+        return f"one elastic model for every level ({self.train.elastic})"
 
 
 @dataclass(frozen=True)
@@ -103,6 +125,8 @@ class CompareResult:
     status: str = "completed"
     message: str = ""
     reports: dict[str, dict] = field(default_factory=dict)  # method -> classification report at the target
+    protocol: str = "elastic"
+    training: str = ""  # CompareConfig.training_label()
 
     def features(self) -> dict[str, np.ndarray]:
         """Validation features at the target level per method (for t-SNE), plus "labels"."""
@@ -111,6 +135,11 @@ class CompareResult:
 
     def rows_at(self, level: int) -> list[dict]:
         return [row for row in self.rows if row["level"] == level]
+
+    def run_for(self, method: str, level: int, seed: Optional[int] = None) -> Path:
+        """The run folder whose model gives `method`'s accuracy at level `level` (first seed by default)."""
+        seed = int(next(iter(self.run_dirs)).partition("@")[2].partition(":")[0]) if seed is None else seed
+        return self.run_dirs[model_key(method, seed, self.levels[level], self.levels[-1].index, self.protocol)]
 
     def to_dict(self) -> dict:
         return {
@@ -123,6 +152,8 @@ class CompareResult:
             "status": self.status,
             "message": self.message,
             "reports": self.reports,
+            "protocol": self.protocol,
+            "training": self.training,
         }
 
     def save(self) -> None:
@@ -153,20 +184,46 @@ def load_compare(out_dir: Path) -> CompareResult:
         status=data["status"],
         message=data["message"],
         reports=data.get("reports", {}),
+        protocol=data["protocol"],
+        training=data["training"],
     )
 
 
-def sweep_levels(target: list[int], fractions: tuple[float, ...], model) -> list[Level]:
+def sweep_levels(target: list[int], fractions: tuple[float, ...], geo: VitGeometry) -> list[Level]:
     """Levels as fractions of the target schedule, with their FLOPs (PYRA's included)."""
-    geo = geometry(model)
     levels = []
     for index, fraction in enumerate(sorted(set(fractions))):
-        schedule = resolve_schedule([int(round(fraction * r)) for r in target], geo)
+        schedule = resolve_schedule(scaled_schedule(target, fraction), geo)
         ratio = flops_ratio(schedule, geo, "tome")
         label = "uncompressed" if not any(schedule) else f"{sum(schedule)} tokens merged, {ratio:.2f}x fewer FLOPs"
         gflops = forward_flops(schedule, geo, "pyra" if any(schedule) else "none") / 1e9
         levels.append(Level(index, fraction, schedule, label, ratio, gflops))
     return levels
+
+
+def model_key(method: str, seed: int, level: Level, target_index: int, protocol: str) -> str:
+    """Key (into `CompareResult.run_dirs`) of the model that gives `method`'s row at `level`.
+
+    The uncompressed LoRA model serves the uncompressed row, training-free ToMe, and (per-level
+    protocol) the trained methods at a level that merges nothing.
+    """
+    if method in ("uncompressed", "tome_free") or not any(level.schedule):
+        return f"uncompressed@{seed}"
+    if protocol == "elastic" or level.index == target_index:
+        return f"{method}@{seed}"
+    return f"{method}@{seed}:L{level.index}"
+
+
+def _jobs(config: CompareConfig, levels: list[Level]) -> list[tuple[int, str, Level]]:
+    """(seed, trained method, level trained for) of every training, target-level runs of each seed first."""
+    target = levels[-1]
+    jobs = []
+    for seed in config.seeds:
+        jobs += [(seed, name, target) for name in TRAINED_METHODS]
+        if config.protocol == "per-level":
+            jobs += [(seed, name, level) for level in levels[:-1] if any(level.schedule)
+                     for name in ("tome", "pyra")]
+    return jobs
 
 
 def run_compare(
@@ -177,40 +234,55 @@ def run_compare(
     on_progress: Optional[Callable[[CompareProgress], None]] = None,
     cancel: Optional[threading.Event] = None,
 ) -> CompareResult:
-    """Train the three models for every seed, then sweep levels; results saved in out_dir."""
+    """Train the models of every seed (see the protocols above), then sweep levels; results saved in out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = on_progress or (lambda progress: None)
+    target_config = _run_config(data, config, "pyra", config.seeds[0], config.schedule)
+    geo = geometry(backbone_structure(config.backbone, len(data.classes), target_config.img_size))
+    levels = sweep_levels(list(target_config.schedule), config.levels, geo)
     run_dirs: dict[str, Path] = {}
     histories: dict[str, list[dict]] = {}
-    jobs = [(seed, name) for seed in config.seeds for name in TRAINED_METHODS]
-    for job_index, (seed, name) in enumerate(jobs):
-        run_dir = out_dir / f"seed{seed}" / name
-        result = _train_one(data, config, name, seed, run_dir, job_index, len(jobs), report, cancel)
-        run_dirs[f"{name}@{seed}"] = run_dir
-        histories[f"{name}@{seed}"] = result.history + result.epochs  # steps, then per-epoch validation
+    jobs = _jobs(config, levels)
+    for job_index, (seed, name, level) in enumerate(jobs):
+        key = model_key(name, seed, level, levels[-1].index, config.protocol)
+        run_dir = out_dir / f"seed{seed}" / key.partition("@")[0] / (key.partition(":")[2] or "target")
+        result = _train_one(data, config, name, seed, level, run_dir, job_index, len(jobs), report, cancel)
+        run_dirs[key] = run_dir
+        histories[key] = result.history + result.epochs  # steps, then per-epoch validation
         if result.status != "completed":  # the message says which training stopped
             message = f"{METHOD_LABELS[name]}, seed {seed}: {result.message}"
-            partial = CompareResult(out_dir, data.classes, [], [], {}, histories, run_dirs, result.status, message)
+            partial = CompareResult(out_dir, data.classes, [], [], {}, histories, run_dirs, result.status, message,
+                                    protocol=config.protocol, training=config.training_label())
             partial.save()
             return partial
     report(CompareProgress("accuracy", 0.9, "measuring accuracy and speed at every level"))
-    result = _sweep(data, config, out_dir, run_dirs, histories, report)
+    result = _sweep(data, config, out_dir, levels, geo, run_dirs, histories, report)
     result.save()
     report(CompareProgress("done", 1.0, "comparison complete"))
     return result
 
 
-def _train_one(data: DatasetSplit, config: CompareConfig, name: str, seed: int, run_dir: Path,
+def _run_config(data: DatasetSplit, config: CompareConfig, name: str, seed: int, schedule: ScheduleSpec,
+                elastic: bool = True) -> RunConfig:
+    train_config = replace(config.train, seed=seed)
+    if not elastic:
+        train_config = replace(train_config, elastic="off")
+    return make_run_config(
+        data, backbone=config.backbone, backbone_weights=config.weights, img_size=config.img_size,
+        method=TRAINED_METHODS[name], schedule=schedule, lora_rank=config.lora_rank,
+        lora_dropout=config.lora_dropout, drop_path_rate=config.drop_path_rate,
+        train_config=train_config, seed=seed, device=config.device,
+    )
+
+
+def _train_one(data: DatasetSplit, config: CompareConfig, name: str, seed: int, level: Level, run_dir: Path,
                job: int, jobs: int, report: Callable[[CompareProgress], None],
                cancel: Optional[threading.Event]):
-    run_config = make_run_config(
-        data, backbone=config.backbone, backbone_weights=config.weights, img_size=config.img_size,
-        method=TRAINED_METHODS[name], schedule=config.schedule, lora_rank=config.lora_rank,
-        lora_dropout=config.lora_dropout, drop_path_rate=config.drop_path_rate,
-        train_config=replace(config.train, seed=seed), seed=seed, device=config.device,
-    )
+    run_config = _run_config(data, config, name, seed, list(level.schedule), elastic=config.protocol == "elastic")
     label, share = METHOD_LABELS[name], 0.9 / jobs
+    if config.protocol == "per-level" and name != "uncompressed":
+        label += f" at level {level.index + 1}"
 
     def forward(progress: Progress) -> None:
         report(CompareProgress(
@@ -225,63 +297,75 @@ def _train_one(data: DatasetSplit, config: CompareConfig, name: str, seed: int, 
     return result
 
 
-def _sweep(data: DatasetSplit, config: CompareConfig, out_dir: Path, run_dirs: dict[str, Path],
-           histories: dict[str, list[dict]], report: Callable[[CompareProgress], None]) -> CompareResult:
-    models = {key: load_run(run_dir)[0].to(config.device) for key, run_dir in run_dirs.items()}
-    first = models[f"pyra@{config.seeds[0]}"]
-    levels = sweep_levels(list(first.merge_config.schedule), config.levels, first)
-    val_set = model_dataset(first, data.val)
-    correct, reports, features = _accuracies(models, levels, val_set, data.classes, config.seeds, report)
+def _sweep(data: DatasetSplit, config: CompareConfig, out_dir: Path, levels: list[Level], geo: VitGeometry,
+           run_dirs: dict[str, Path], histories: dict[str, list[dict]],
+           report: Callable[[CompareProgress], None]) -> CompareResult:
+    key_of = functools.partial(model_key, target_index=levels[-1].index, protocol=config.protocol)
+    correct, reports, features = _accuracies(data, config, levels, run_dirs, key_of, report)
     stored = io.BytesIO()
     np.savez_compressed(stored, **features)
     write_atomic(out_dir / FEATURES_FILE, stored.getvalue())
-    for model in models.values():
-        merge_lora(model)  # inference form, measured after every accuracy is taken
-    geo = geometry(first)
     rows, comparisons = [], {}
     for level in levels:
-        speed = _measure_level(models, config.seeds[0], level, config)
+        speed = _measure_level(run_dirs, config.seeds[0], level, key_of, config)
         for name in METHOD_LABELS:
-            rows.append(_row(name, level, correct[level.index][name], speed, _gflops(name, level, geo)))
+            rows.append(_row(name, level, correct[level.index][name], speed, _gflops(name, level, geo), config))
         comparisons[level.index] = _comparisons(correct[level.index])
         report(CompareProgress("speed", 0.95 + 0.05 * (level.index + 1) / len(levels),
                                f"measured speed at {level.label}"))
     return CompareResult(out_dir, list(data.classes), levels, rows, comparisons, histories, run_dirs,
-                         reports=reports)
+                         reports=reports, protocol=config.protocol, training=config.training_label())
 
 
-def _accuracies(models: dict, levels: list[Level], val_set, classes, seeds, report):
-    """correct[level][method] = one boolean array per seed; reports at the target level, first seed."""
-    correct: dict[int, dict[str, list[np.ndarray]]] = {}
+def _accuracies(data: DatasetSplit, config: CompareConfig, levels: list[Level], run_dirs: dict[str, Path],
+                key_of: Callable, report: Callable[[CompareProgress], None]):
+    """correct[level][method] = one boolean array per seed; reports and features at the target level, first seed.
+
+    Each model is loaded once, evaluated at every level it serves, and dropped (per-level
+    comparisons hold many models).
+    """
+    plan: dict[str, list[tuple[Level, int, str, str]]] = {}  # model key -> (level, seed, row name, merge method)
+    for level in levels:
+        for seed in config.seeds:
+            for name, method in _evaluations():
+                plan.setdefault(key_of(name, seed, level), []).append((level, seed, name, method))
+    correct: dict[int, dict[str, dict[int, np.ndarray]]] = {level.index: {} for level in levels}
     reports: dict[str, dict] = {}
     features: dict[str, np.ndarray] = {}
-    cache: dict[tuple, tuple] = {}  # one evaluation per (model, method, schedule): the uncompressed one runs once
-    for level in levels:
-        correct[level.index] = {}
-        for seed in seeds:
-            for name, key, method in _evaluations(seed):
-                schedule = tuple(level.schedule) if name != "uncompressed" else (0,) * len(level.schedule)
-                cache_key = (key, method if any(schedule) else "none", schedule)
-                if cache_key not in cache:
-                    cache[cache_key] = evaluate(models[key], val_set, classes, schedule=list(schedule),
-                                                method=method, with_features=seed == seeds[0])
-                evaluation, predictions = cache[cache_key]
-                correct[level.index].setdefault(name, []).append(predictions.correct)
-                if level is levels[-1] and seed == seeds[0]:  # reports and features at the target
-                    reports[name] = evaluation.to_dict()
-                    features[name] = predictions.features
-                    features["labels"] = predictions.labels
-        report(CompareProgress("accuracy", 0.9 + 0.05 * (level.index + 1) / len(levels),
-                               f"accuracy at {level.label}"))
-    return correct, reports, features
+    target, first_seed = levels[-1], config.seeds[0]
+    for done, (key, uses) in enumerate(plan.items()):
+        model = load_run(run_dirs[key])[0].to(config.device)
+        val_set = model_dataset(model, data.val)
+        cache: dict[tuple, tuple] = {}  # one evaluation per (method, schedule): the uncompressed one runs once
+        for level, seed, name, method in uses:
+            schedule = tuple(level.schedule) if name != "uncompressed" else (0,) * len(level.schedule)
+            merge_method = method if any(schedule) else "none"
+            at_target = level is target and seed == first_seed
+            if (merge_method, schedule) not in cache:
+                cache[(merge_method, schedule)] = evaluate(model, val_set, data.classes, schedule=list(schedule),
+                                                           method=merge_method, with_features=at_target)
+            evaluation, predictions = cache[(merge_method, schedule)]
+            if at_target and predictions.features is None:  # cached without features: run it again with them
+                evaluation, predictions = cache[(merge_method, schedule)] = evaluate(
+                    model, val_set, data.classes, schedule=list(schedule), method=merge_method, with_features=True)
+            correct[level.index].setdefault(name, {})[seed] = predictions.correct
+            if at_target:
+                reports[name] = evaluation.to_dict()
+                features[name] = predictions.features
+                features["labels"] = predictions.labels
+        del model
+        report(CompareProgress("accuracy", 0.9 + 0.05 * (done + 1) / len(plan), "accuracy at every level"))
+    ordered = {index: {name: [by_seed[seed] for seed in config.seeds] for name, by_seed in rows.items()}
+               for index, rows in correct.items()}
+    return ordered, reports, features
 
 
-def _evaluations(seed: int):
-    """(row name, model key, merge method) for every row of one level."""
-    yield "uncompressed", f"uncompressed@{seed}", "none"
-    yield "tome_free", f"uncompressed@{seed}", "tome"
-    yield "tome", f"tome@{seed}", "tome"
-    yield "pyra", f"pyra@{seed}", "pyra"
+def _evaluations():
+    """(row name, merge method) of every row of one level."""
+    yield "uncompressed", "none"
+    yield "tome_free", "tome"
+    yield "tome", "tome"
+    yield "pyra", "pyra"
 
 
 def _gflops(name: str, level: Level, geo) -> float:
@@ -290,12 +374,14 @@ def _gflops(name: str, level: Level, geo) -> float:
     return forward_flops(level.schedule, geo, "pyra" if name == "pyra" else "tome") / 1e9
 
 
-def _measure_level(models: dict, seed: int, level: Level, config: CompareConfig) -> dict:
-    chosen = {"uncompressed": models[f"uncompressed@{seed}"], "tome": models[f"tome@{seed}"],
-              "pyra": models[f"pyra@{seed}"]}
-    set_schedule(chosen["uncompressed"], 0, method="none")
-    set_schedule(chosen["tome"], level.schedule, method="tome")
-    set_schedule(chosen["pyra"], level.schedule, method="pyra")
+def _measure_level(run_dirs: dict[str, Path], seed: int, level: Level, key_of: Callable,
+                   config: CompareConfig) -> dict:
+    """Latency and throughput at `level` of the three trained models that give its rows (LoRA merged in)."""
+    chosen = {}
+    for name, method in (("uncompressed", "none"), ("tome", "tome"), ("pyra", "pyra")):
+        model = merge_lora(load_run(run_dirs[key_of(name, seed, level)])[0].to(config.device))
+        schedule = level.schedule if name != "uncompressed" and any(level.schedule) else [0] * len(level.schedule)
+        chosen[name] = set_schedule(model, schedule, method=method if any(schedule) else "none")
     img_size = chosen["pyra"].patch_embed.img_size[0]
     stats = measure_speed(chosen, img_size=img_size, batch_size=config.bench_batch, repeats=config.bench_repeats,
                           device=config.device)
@@ -303,7 +389,8 @@ def _measure_level(models: dict, seed: int, level: Level, config: CompareConfig)
     return stats
 
 
-def _row(name: str, level: Level, correct: list[np.ndarray], speed: dict, gflops: float) -> dict:
+def _row(name: str, level: Level, correct: list[np.ndarray], speed: dict, gflops: float,
+         config: CompareConfig) -> dict:
     accuracies = [float(c.mean()) for c in correct]
     if len(correct) == 1:
         interval = accuracy_interval(correct[0])
@@ -317,6 +404,8 @@ def _row(name: str, level: Level, correct: list[np.ndarray], speed: dict, gflops
         "method": name,
         "method_label": METHOD_LABELS[name],
         "level": level.index,
+        "trained_for_level": name != "tome_free",  # training-free ToMe is the only row no model was trained for
+        "training": _training(name, config),
         "schedule_label": level.label if compressed else "uncompressed",
         "schedule": " ".join(map(str, level.schedule if compressed else [0] * len(level.schedule))),
         "accuracy": mean,
@@ -335,6 +424,15 @@ def _row(name: str, level: Level, correct: list[np.ndarray], speed: dict, gflops
         "flops_ratio": level.flops_ratio if compressed else 1.0,
         "threads": stats["threads"],
     }
+
+
+def _training(name: str, config: CompareConfig) -> str:
+    """How the model behind a row was trained."""
+    if name == "uncompressed":
+        return "uncompressed"
+    if name == "tome_free":
+        return "training-free"
+    return "per-level" if config.protocol == "per-level" else f"elastic-{config.train.elastic}"
 
 
 def _comparisons(correct: dict[str, list[np.ndarray]]) -> list[dict]:

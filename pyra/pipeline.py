@@ -13,6 +13,7 @@ from pyra.data import DatasetSplit, ImageDataset, ImageRecord, make_transform
 from pyra.evaluate import ClassificationReport, evaluate
 from pyra.patch import Method, geometry
 from pyra.predict import default_device
+from pyra.recipes import DEFAULT_RECIPE
 from pyra.schedule import ScheduleSpec, resolve_schedule
 from pyra.train import Progress, TrainConfig, TrainResult, train
 
@@ -31,9 +32,9 @@ def make_run_config(
     method: Method = "pyra",
     schedule: ScheduleSpec = "high",
     lora_rank: int = 4,
-    lora_dropout: float = 0.1,
-    drop_path_rate: float = 0.1,
-    train_config: TrainConfig = TrainConfig(),
+    lora_dropout: float = DEFAULT_RECIPE.lora_dropout,
+    drop_path_rate: float = DEFAULT_RECIPE.drop_path_rate,
+    train_config: TrainConfig = DEFAULT_RECIPE.train,
     seed: int = 0,
     device: Optional[str] = None,
 ) -> RunConfig:
@@ -69,7 +70,9 @@ def train_run(
                    val_set=model_dataset(model, data.val), on_progress=on_progress, cancel=cancel)
     report = None
     metrics: dict = {"status": result.status, "message": result.message, "seconds": result.seconds,
-                     "steps": result.steps, "history": result.history, "epochs": result.epochs}
+                     "steps": result.steps, "history": result.history, "epochs": result.epochs,
+                     "elastic": result.elastic,
+                     "head_start": result.head_start.to_dict() if result.head_start else None}
     if result.status == "completed":
         report, _ = evaluate(model, model_dataset(model, data.val), data.classes)
         metrics["validation"] = report.to_dict()

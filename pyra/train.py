@@ -21,7 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from pyra.elastic import ElasticMode, LevelSampler, check_elastic, head_start_fractions, scaled_schedule
+from pyra.head_start import HeadStart, fit_head
 from pyra.parameters import parameter_kind
+from pyra.patch import set_schedule
 from pyra.predict import model_device, predict
 from pyra.rng import RNG_LOCK
 
@@ -33,19 +36,22 @@ GROUP_NAMES = ("lora_head_decay", "lora_head_no_decay", "pyra")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The paper's recipe (section 2.4 of DESIGN.md), scaled down for a CPU demo."""
+    """The small-data recipe every entry point defaults to (chosen by benchmarks/recipe_search.py);
+    the paper's GPU recipe is `pyra.recipes.RECIPES["paper"]`."""
 
     epochs: int = 3  # paper: 100 on VTAB-1k; 3 keeps a CPU demo to minutes
-    batch_size: int = 32  # paper value
-    lr: float = 1e-3  # LoRA + classifier head
-    pyra_lr: float = 1e-3  # PYRA modulators, a separate optimiser group (paper sweeps 1e-5..3e-3)
+    batch_size: int = 16  # paper: 32; more steps per epoch on a few hundred images
+    lr: float = 3e-3  # LoRA + classifier head (paper: 1e-3)
+    pyra_lr: float = 5e-4  # PYRA modulators, their own optimiser group (paper sweeps 1e-5..3e-3)
     weight_decay: float = 1e-4  # on LoRA/head weights with ndim >= 2 only; never on biases or PYRA
     warmup_fraction: float = 0.1  # share of all steps spent warming up linearly from 0
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     label_smoothing: float = 0.0  # paper: plain cross-entropy
     grad_clip: Optional[float] = 1.0  # max global norm of the trainable gradients; None = off
-    seed: int = 0  # model RNG (dropout, drop-path) and batch order
+    seed: int = 0  # model RNG (dropout, drop-path), batch order and elastic levels
     eval_every_epoch: bool = True  # validate after every epoch (False: only after the last)
+    elastic: ElasticMode = "sandwich"  # levels per step for a merging model (pyra.elastic); "off" = target only
+    head_start: bool = True  # fit the head by logistic regression on frozen features first (pyra.head_start)
 
     def __post_init__(self) -> None:
         problems = [
@@ -63,7 +69,9 @@ class TrainConfig:
             (self.grad_clip is None or _positive(self.grad_clip),
              f"grad_clip must be > 0, or None to turn clipping off; got {self.grad_clip!r}"),
             (_is_int(self.seed), f"seed must be a whole number, got {self.seed!r}"),
+            (isinstance(self.head_start, bool), f"head_start must be True or False, got {self.head_start!r}"),
         ]
+        check_elastic(self.elastic)
         for ok, message in problems:
             if not ok:
                 raise ValueError(message)
@@ -109,8 +117,10 @@ class TrainResult:
     message: str
     seconds: float
     steps: int  # optimiser steps applied
-    history: list[dict] = field(default_factory=list)  # per step: step, epoch, loss, lr, pyra_lr, grad_norm
+    history: list[dict] = field(default_factory=list)  # per step: step, epoch, loss, lr, pyra_lr, grad_norm, levels
     epochs: list[dict] = field(default_factory=list)  # per epoch: epoch, step, train_loss, val_accuracy
+    elastic: ElasticMode = "off"  # the mode applied: "off" for a model that does not merge
+    head_start: Optional[HeadStart] = None  # None when turned off (or the run was cancelled before it)
 
     @property
     def val_accuracy(self) -> Optional[float]:
@@ -196,10 +206,25 @@ def train(
         torch.manual_seed(config.seed)
     loop = _Loop(model, train_set, config, val_set, on_progress, cancel, device)
     try:
+        if config.head_start and not loop.cancelled():
+            schedules = {tuple(scaled_schedule(loop.target, f)) for f in head_start_fractions(loop.elastic)}
+            loop.head_start = fit_head(model, train_set, sorted(schedules), batch_size=max(config.batch_size, 64))
+            loop.good = _snapshot(loop.trainable)
         model.train()  # the frozen backbone still applies drop-path; LoRA applies dropout
         return loop.run()
     finally:
+        set_schedule(model, loop.target)
         model.eval()
+
+
+def _elastic_mode(model: nn.Module, requested: ElasticMode) -> tuple[list[int], ElasticMode]:
+    """The model's target schedule, and the elastic mode that applies to it ("off" if it never merges)."""
+    config = getattr(model, "merge_config", None)
+    if config is None:
+        raise ValueError("train expects a patched model; call pyra.patch(model, method=...) (or build_model) first")
+    target = list(config.schedule)
+    merges = config.method != "none" and any(target)
+    return target, requested if merges else "off"
 
 
 class _Loop:
@@ -218,6 +243,9 @@ class _Loop:
         self.warmup_steps = round(config.warmup_fraction * self.total_steps)
         self.trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
         self.good = _snapshot(self.trainable)
+        self.target, self.elastic = _elastic_mode(model, config.elastic)
+        self.levels = LevelSampler(self.elastic, config.seed)
+        self.head_start: Optional[HeadStart] = None
         self.history: list[dict] = []
         self.epochs: list[dict] = []
         self.images = 0
@@ -232,16 +260,18 @@ class _Loop:
             if outcome is not None:
                 status, message = outcome
                 break
-        return TrainResult(status, message, time.perf_counter() - start, len(self.history), self.history, self.epochs)
+        seconds = time.perf_counter() - start + (self.head_start.seconds if self.head_start else 0.0)
+        return TrainResult(status, message, seconds, len(self.history), self.history, self.epochs,
+                           self.elastic, self.head_start)
 
-    def _cancelled(self) -> bool:
+    def cancelled(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
 
     def _epoch(self, epoch: int) -> Optional[tuple[TrainStatus, str]]:
         """Train one epoch, then validate; (status, message) if the run must stop."""
         first = len(self.history)
         for images, labels in self.loader:
-            if self._cancelled():
+            if self.cancelled():
                 return "cancelled", f"cancelled by the user after {len(self.history)} of {self.total_steps} steps"
             problem = self._step(epoch, images, labels)
             if problem is not None:
@@ -250,26 +280,40 @@ class _Loop:
         summary = {"epoch": epoch, "step": len(self.history), "train_loss": sum(losses) / len(losses),
                    "val_accuracy": None}
         self.epochs.append(summary)
-        if self._cancelled():
+        if self.cancelled():
             return "cancelled", f"cancelled by the user after {len(self.history)} of {self.total_steps} steps"
         if self.val_set is not None and (self.config.eval_every_epoch or epoch == self.config.epochs):
+            set_schedule(self.model, self.target)  # validated at the target level
             summary["val_accuracy"] = predict(self.model, self.val_set, batch_size=self.config.batch_size).accuracy
             self.on_progress(self._progress(epoch, val_accuracy=summary["val_accuracy"]))
         return None
 
     def _step(self, epoch: int, images: Tensor, labels: Tensor) -> Optional[str]:
-        """One optimiser step; a message instead if the loss or gradients are not finite."""
+        """One optimiser step over the levels the sampler draws; a message instead if the loss or
+        gradients are not finite. Gradients of every pass add up before the one update."""
         tic = time.perf_counter()
         step = len(self.history)  # 0-based index of this step
         lrs = self._set_lr(step)
         images, labels = images.to(self.device), labels.to(self.device)
-        with RNG_LOCK, torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
-            logits = self.model(images)  # dropout and drop-path draw here: not while another thread builds a model
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
-        if not torch.isfinite(loss):
-            return self._diverged(step + 1, f"the loss is {loss.item()}")
+        levels = self.levels.draw()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        teacher: Optional[Tensor] = None  # [B, C] probabilities of the step's first pass
+        losses = []
+        for fraction in levels:
+            if self.elastic != "off":
+                set_schedule(self.model, scaled_schedule(self.target, fraction))
+            with RNG_LOCK, torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
+                logits = self.model(images).float()  # dropout and drop-path draw here: not while a model is built
+            if teacher is None:
+                loss = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
+                teacher = logits.detach().softmax(dim=-1)
+            else:  # in-place distillation: cross-entropy against the first pass's soft predictions
+                loss = -(teacher * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+            if not torch.isfinite(loss):
+                return self._diverged(step + 1, f"the loss is {loss.item()}")
+            loss.backward()
+            losses.append(loss.item())
+        loss_value = sum(losses) / len(losses)
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), max_norm)
         if not torch.isfinite(grad_norm):
@@ -278,8 +322,9 @@ class _Loop:
         self.good = _snapshot(self.trainable)
         self.images += len(labels)
         self.train_seconds += time.perf_counter() - tic
-        self.history.append({"step": step + 1, "epoch": epoch, "loss": loss.item(), "lr": lrs.get("lora_head"),
-                             "pyra_lr": lrs.get("pyra"), "grad_norm": grad_norm.item()})
+        self.history.append({"step": step + 1, "epoch": epoch, "loss": loss_value, "lr": lrs.get("lora_head"),
+                             "pyra_lr": lrs.get("pyra"), "grad_norm": grad_norm.item(),
+                             "levels": [round(f, 4) for f in levels] if self.elastic != "off" else None})
         self.on_progress(self._progress(epoch))
         return None
 
