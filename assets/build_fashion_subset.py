@@ -5,7 +5,7 @@ Run once (the result is shipped):
     apt-get install -y dataset-fashion-mnist
     python assets/build_fashion_subset.py
 
-Takes 60 train + 20 validation images per class from the official Fashion-MNIST
+Takes 60 train + 40 validation images per class from the official Fashion-MNIST
 *training* set, chosen with a seeded permutation, and stores uint8 arrays plus the
 class names (no pickled objects, so ``np.load(allow_pickle=False)`` reads it).
 Fashion-MNIST is by Zalando Research, MIT licence (see ATTRIBUTION.md).
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=DEBIAN_DIR)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     parser.add_argument("--train-per-class", type=int, default=60)
-    parser.add_argument("--val-per-class", type=int, default=20)
+    parser.add_argument("--val-per-class", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     arrays = build(args.source, args.train_per_class, args.val_per_class, args.seed)

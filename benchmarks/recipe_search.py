@@ -1,13 +1,16 @@
-"""Choose the small-data learning rate on tuning splits that no reported table uses.
+"""Choose the small-data learning rate and the head start's regularisation on tuning splits that no
+reported table uses.
 
-    python benchmarks/recipe_search.py                 # 3 samples x 3 lrs x 2 methods, ~10 min on 2 cores
+    python benchmarks/recipe_search.py                        # ~15 min on 2 cores
     python benchmarks/recipe_search.py --quick --out /tmp/r   # random ViT-Tiny, one tiny sample (< 1 min)
 
-Every run uses the default recipe (head start, batch 16, 10% warm-up, cosine, 3 epochs, no
-dropout) except the LoRA + head learning rate, for LoRA uncompressed and for ToMe + LoRA trained
-at "high" only (elastic off, so the recipe is judged on its own). The frozen-feature probe
-(the head start alone) at both levels is the bar a fine-tuned model must clear. The splits are
-drawn with seeds 100+ (docs/RESULTS.md reports seeds 0-2). Writes <out>/results/recipe_search.json.
+Part "lr": the default recipe (head start, batch 16, 10% warm-up, cosine, 3 epochs, no dropout)
+with the LoRA + head learning rate varied, for LoRA uncompressed and for ToMe + LoRA trained at
+"high" only (elastic off, so the recipe is judged on its own), on the three samples (split seed 100).
+Part "head start": ToMe + LoRA at "high", lr 3e-3, with the head start's C (inverse L2 strength)
+varied and without a head start, on fashion and digits (split seeds 101, 102). The frozen-feature
+probe (scikit-learn's default C = 1, and each C tried) is the bar a fine-tuned model must clear.
+Reported tables use split seeds 0-2. Writes <out>/results/recipe_search.json.
 """
 from __future__ import annotations
 
@@ -28,14 +31,33 @@ import torch  # noqa: E402
 from pyra.bench import machine_info  # noqa: E402
 from pyra.checkpoint import build_model  # noqa: E402
 from pyra.data import load_dataset  # noqa: E402
-from pyra.head_start import probe_correct  # noqa: E402
+from pyra.head_start import PROBE_C, probe_correct  # noqa: E402
 from pyra.pipeline import make_run_config, model_dataset, train_run  # noqa: E402
 from pyra.recipes import DEFAULT_RECIPE  # noqa: E402
 
 FULL = {"datasets": {"fashion": 40, "digits": 40, "faces": 100}, "seeds": (100,), "lrs": (1e-3, 3e-3, 1e-2),
-        "backbone": "default", "img_size": 112, "epochs": 3}
+        "backbone": "default", "img_size": 112, "epochs": 3,
+        "c_datasets": {"fashion": 40, "digits": 40}, "c_seeds": (101, 102), "c_values": (1.0, 0.05, 0.01), "c_lr": 3e-3}
 QUICK = {"datasets": {"textures": 12}, "seeds": (100,), "lrs": (1e-3, 1e-2),
-         "backbone": "random:vit_tiny_patch16_224", "img_size": 64, "epochs": 1}
+         "backbone": "random:vit_tiny_patch16_224", "img_size": 64, "epochs": 1,
+         "c_datasets": {"textures": 12}, "c_seeds": (101,), "c_values": (1.0, 0.05), "c_lr": 3e-3}
+
+
+def train_cell(data, grid: dict, method: str, seed: int, workdir: Path, **train: Any) -> tuple[Any, dict[str, Any]]:
+    """Train one model at "high" (elastic off) with `train` over the default recipe; its accuracy."""
+    train_config = replace(DEFAULT_RECIPE.train, epochs=grid["epochs"], seed=seed, elastic="off",
+                           eval_every_epoch=False, **train)
+    config = make_run_config(data, backbone=grid["backbone"], img_size=grid["img_size"], method=method,
+                             schedule="high", train_config=train_config, seed=seed, device="cpu")
+    _, result, evaluation = train_run(data, config, workdir, device="cpu")
+    return config, {"accuracy": evaluation.accuracy if evaluation else None, "n": len(data.val),
+                    "seconds": round(result.seconds, 1)}
+
+
+def probe(config, data, inverse_l2: float) -> float:
+    fresh = build_model(config)
+    return float(probe_correct(fresh, model_dataset(fresh, data.train), model_dataset(fresh, data.val),
+                               list(config.schedule), inverse_l2=inverse_l2).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,30 +76,31 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": machine_info(), "threads": torch.get_num_threads(),
                               "settings": {k: v for k, v in grid.items()} | {"recipe": DEFAULT_RECIPE.train.to_dict()},
                               "cells": []}
+    def record(cell: dict[str, Any]) -> None:
+        report["cells"].append(cell)
+        print(f"[{(time.perf_counter() - start) / 60:4.1f} min] {cell}", file=sys.stderr, flush=True)
+        path.write_text(json.dumps(report, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         for dataset, cap in grid["datasets"].items():
             for seed in grid["seeds"]:
                 data = load_dataset(f"sample:{dataset}", Path(tmp) / "data", seed=seed, max_per_class=cap)
                 for method in ("none", "tome"):
                     for lr in grid["lrs"]:
-                        train_config = replace(DEFAULT_RECIPE.train, lr=lr, epochs=grid["epochs"], seed=seed,
-                                               elastic="off", eval_every_epoch=False)
-                        config = make_run_config(data, backbone=grid["backbone"], img_size=grid["img_size"],
-                                                 method=method, schedule="high", train_config=train_config,
-                                                 seed=seed, device="cpu")
-                        _, result, evaluation = train_run(data, config, Path(tmp) / f"{dataset}-{method}-{lr:g}",
-                                                              device="cpu")
-                        cell = {"dataset": dataset, "seed": seed, "method": method, "lr": lr,
-                                "accuracy": evaluation.accuracy if evaluation else None, "n": len(data.val),
-                                "seconds": round(result.seconds, 1)}
+                        config, cell = train_cell(data, grid, method, seed, Path(tmp) / "run", lr=lr)
                         if lr == grid["lrs"][0]:  # the probe does not depend on lr
-                            fresh = build_model(config)
-                            cell["probe_accuracy"] = float(probe_correct(
-                                fresh, model_dataset(fresh, data.train), model_dataset(fresh, data.val),
-                                list(config.schedule)).mean())
-                        report["cells"].append(cell)
-                        print(f"[{(time.perf_counter() - start) / 60:4.1f} min] {cell}", file=sys.stderr, flush=True)
-                        path.write_text(json.dumps(report, indent=1) + "\n")
+                            cell["probe_accuracy"] = probe(config, data, PROBE_C)
+                        record({"part": "lr", "dataset": dataset, "seed": seed, "method": method, "lr": lr, **cell})
+        for dataset, cap in grid["c_datasets"].items():
+            for seed in grid["c_seeds"]:
+                data = load_dataset(f"sample:{dataset}", Path(tmp) / "data", seed=seed, max_per_class=cap)
+                for c in (*grid["c_values"], None):
+                    train = {"head_start_c": c} if c is not None else {"head_start": False}
+                    config, cell = train_cell(data, grid, "tome", seed, Path(tmp) / "run", lr=grid["c_lr"], **train)
+                    if c is not None:
+                        cell["probe_accuracy"] = probe(config, data, c)
+                    record({"part": "head start", "dataset": dataset, "seed": seed, "method": "tome",
+                            "lr": grid["c_lr"], "head_start_c": c, **cell})
     report["minutes"] = round((time.perf_counter() - start) / 60, 1)
     path.write_text(json.dumps(report, indent=1) + "\n")
     return 0

@@ -50,11 +50,11 @@ from pyra_app.session import session_dir_name  # noqa: E402
 
 TINY_BACKBONE = "random:vit_tiny_patch16_224"
 # backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, bench repeats
-TINY_TRAIN = (TINY_BACKBONE, None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1)
+TINY_TRAIN = (TINY_BACKBONE, None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1, "elastic")
 # 50 epochs of 3 steps of 32 images at 144 px. A step (over a second on 2 shared cores, one thread)
 # must last longer than the status line's update interval (0.5 s): the step shown when Stop is
 # pressed is then the last finished one, and "one more step at most" can be checked from outside
-LONG_TRAIN = (TINY_BACKBONE, None, 144, 2, 50, 32, 1e-3, 1e-3, "high", "0", 2, 1)
+LONG_TRAIN = (TINY_BACKBONE, None, 144, 2, 50, 32, 1e-3, 1e-3, "high", "0", 2, 1, "elastic")
 SESSIONS = (  # name, role, classes: every class set differs, so cross-talk shows as foreign class names
     ("trainer-1", "trainer", ("red", "green", "blue")),
     ("viewer-1", "viewer", ("north", "south", "east", "west")),

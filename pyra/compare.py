@@ -205,12 +205,15 @@ def model_key(method: str, seed: int, level: Level, target_index: int, protocol:
     """Key (into `CompareResult.run_dirs`) of the model that gives `method`'s row at `level`.
 
     The uncompressed LoRA model serves the uncompressed row, training-free ToMe, and (per-level
-    protocol) the trained methods at a level that merges nothing.
+    protocol) the trained methods at a level that merges nothing. An elastic model serves its
+    method at every level, the uncompressed one included.
     """
-    if method in ("uncompressed", "tome_free") or not any(level.schedule):
+    if method in ("uncompressed", "tome_free"):
         return f"uncompressed@{seed}"
     if protocol == "elastic" or level.index == target_index:
         return f"{method}@{seed}"
+    if not any(level.schedule):
+        return f"uncompressed@{seed}"
     return f"{method}@{seed}:L{level.index}"
 
 

@@ -24,7 +24,7 @@ from pyra.predict import predict
 
 __all__ = ["HeadStart", "PROBE_C", "probe_features", "fit_probe", "fit_head", "probe_correct"]
 
-PROBE_C = 1.0  # inverse L2 strength of the logistic regression (scikit-learn's default)
+PROBE_C = 1.0  # the frozen-feature probe as a baseline classifier: scikit-learn's default
 PROBE_MAX_ITER = 2000
 
 
@@ -56,8 +56,10 @@ def probe_features(model: nn.Module, dataset: Dataset, schedule: Sequence[int],
     return predictions.features, predictions.labels
 
 
-def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Multinomial logistic regression -> (weight [C, D], bias [C]) of softmax logits.
+def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int,
+              inverse_l2: float = PROBE_C) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression (scikit-learn, C = `inverse_l2`) -> (weight [C, D], bias [C])
+    of softmax logits.
 
     Two classes: scikit-learn fits one logit difference w.x + b; split as -/+ half of it so
     that softmax over the two logits gives the same probabilities.
@@ -66,7 +68,7 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, num_classes: int) -> tup
     if len(present) != num_classes or not np.array_equal(present, np.arange(num_classes)):
         raise ValueError(f"the head start needs training images of all {num_classes} classes; "
                          f"found labels {present.tolist()}. Give every class at least one training image.")
-    probe = LogisticRegression(C=PROBE_C, max_iter=PROBE_MAX_ITER)
+    probe = LogisticRegression(C=inverse_l2, max_iter=PROBE_MAX_ITER)
     probe.fit(features.astype(np.float64), labels)
     weight, bias = probe.coef_, probe.intercept_
     if num_classes == 2:
@@ -84,14 +86,15 @@ def _plain_head(model: nn.Module) -> nn.Linear:
 
 
 def fit_head(model: nn.Module, train_set: Dataset, schedules: Sequence[Sequence[int]],
-             batch_size: int = 64) -> HeadStart:
-    """Fit `model.head` on the pooled features of `train_set` at every schedule in `schedules`."""
+             inverse_l2: float, batch_size: int = 64) -> HeadStart:
+    """Fit `model.head` on the pooled features of `train_set` at every schedule in `schedules`, with
+    L2 strength 1 / `inverse_l2` (TrainConfig.head_start_c)."""
     head = _plain_head(model)
     start = time.perf_counter()
     parts = [probe_features(model, train_set, schedule, batch_size) for schedule in schedules]
     features = np.concatenate([f for f, _ in parts])
     labels = np.concatenate([y for _, y in parts])
-    weight, bias = fit_probe(features, labels, head.out_features)
+    weight, bias = fit_probe(features, labels, head.out_features, inverse_l2)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(weight))
         head.bias.copy_(torch.from_numpy(bias))
@@ -100,13 +103,13 @@ def fit_head(model: nn.Module, train_set: Dataset, schedules: Sequence[Sequence[
 
 
 def probe_correct(model: nn.Module, train_set: Dataset, val_set: Dataset, schedule: Sequence[int],
-                  batch_size: int = 64) -> np.ndarray:
+                  batch_size: int = 64, inverse_l2: float = PROBE_C) -> np.ndarray:
     """The frozen-feature probe as a classifier of its own: fit on `train_set`'s features at
     `schedule`, then [n_val] bool, whether each validation image is classified correctly.
 
     `model` must be untrained (LoRA B = 0), so the features are the backbone's own.
     """
     train_features, train_labels = probe_features(model, train_set, schedule, batch_size)
-    weight, bias = fit_probe(train_features, train_labels, int(model.num_classes))
+    weight, bias = fit_probe(train_features, train_labels, int(model.num_classes), inverse_l2)
     val_features, val_labels = probe_features(model, val_set, schedule, batch_size)
     return (val_features @ weight.T + bias).argmax(1) == val_labels

@@ -93,8 +93,8 @@ def _textures() -> SampleArrays:
 
 _SAMPLES: dict[str, tuple[SampleInfo, Callable[[], SampleArrays]]] = {
     "fashion": (SampleInfo(
-        "fashion", "Fashion-MNIST subset: 28x28 greyscale clothing, 60 train + 20 val per class (fixed split)",
-        10, "MIT (Zalando Research)", 800), _fashion),
+        "fashion", "Fashion-MNIST subset: 28x28 greyscale clothing, 60 train + 40 val per class (fixed split)",
+        10, "MIT (Zalando Research)", 1000), _fashion),
     "digits": (SampleInfo(
         "digits", "scikit-learn handwritten digits: 8x8 greyscale, 0-9",
         10, "BSD-3-Clause (scikit-learn); data from UCI optdigits, CC BY 4.0", 1797), _digits),

@@ -52,6 +52,8 @@ class TrainConfig:
     eval_every_epoch: bool = True  # validate after every epoch (False: only after the last)
     elastic: ElasticMode = "sandwich"  # levels per step for a merging model (pyra.elastic); "off" = target only
     head_start: bool = True  # fit the head by logistic regression on frozen features first (pyra.head_start)
+    head_start_c: float = 0.05  # its inverse L2 strength: a probe that fits 100% of a few hundred training
+    # images (scikit-learn's C = 1) leaves fine-tuning almost no loss to learn from (benchmarks/recipe_search.py)
 
     def __post_init__(self) -> None:
         problems = [
@@ -70,6 +72,7 @@ class TrainConfig:
              f"grad_clip must be > 0, or None to turn clipping off; got {self.grad_clip!r}"),
             (_is_int(self.seed), f"seed must be a whole number, got {self.seed!r}"),
             (isinstance(self.head_start, bool), f"head_start must be True or False, got {self.head_start!r}"),
+            (_positive(self.head_start_c), f"head_start_c must be a finite number > 0, got {self.head_start_c!r}"),
         ]
         check_elastic(self.elastic)
         for ok, message in problems:
@@ -208,7 +211,8 @@ def train(
     try:
         if config.head_start and not loop.cancelled():
             schedules = {tuple(scaled_schedule(loop.target, f)) for f in head_start_fractions(loop.elastic)}
-            loop.head_start = fit_head(model, train_set, sorted(schedules), batch_size=max(config.batch_size, 64))
+            loop.head_start = fit_head(model, train_set, sorted(schedules), config.head_start_c,
+                                       batch_size=max(config.batch_size, 64))
             loop.good = _snapshot(loop.trainable)
         model.train()  # the frozen backbone still applies drop-path; LoRA applies dropout
         return loop.run()

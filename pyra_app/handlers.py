@@ -38,15 +38,11 @@ log = logging.getLogger("pyra_app")
 UPDATE_EVERY_S = 0.5  # the training generator yields the status line at most this often
 CHART_EVERY_S = 2.0  # ... and the loss chart at most this often
 
-# The quick demo: built-in Fashion-MNIST subset (21 train + 7 validation images per class), the shipped
-# DINOv2 ViT-S/14 at its CPU default of 112 px, 5 epochs of 14 steps: 2 min 20 s on 2 shared CPU cores
-# (uncompressed ~64%, ToMe / PYRA ~56% at 3.4x fewer FLOPs). lr 5e-3 learns far more than 1e-3 in so
-# few steps; no dropout or drop-path in so short a run.
-QUICK_DEMO_DATA = {"sample": "fashion", "max_per_class": 28, "val_fraction": 0.25}
-QUICK_DEMO_TRAIN = views.TrainSettings(
-    backbone="default", weights=None, img_size=None, lora_rank=4, epochs=5, batch_size=16, lr=5e-3,
-    pyra_lr=1e-3, schedule="high", seeds=(0,), num_levels=3, bench_repeats=3, dropout=0.0,
-)
+# The quick demo: the built-in Fashion-MNIST sample (20 train + 30 validation images per class), the shipped
+# DINOv2 ViT-S/14 at its CPU default of 112 px, the default recipe (head start, elastic sandwich training)
+# for QUICK_DEMO_TRAIN.epochs epochs, three levels. Its time on 2 CPU cores is in docs/RESULTS.md.
+QUICK_DEMO_DATA = {"sample": "fashion", "max_per_class": 50, "val_fraction": 0.6}
+QUICK_DEMO_TRAIN = views.TrainSettings(epochs=2, num_levels=3, bench_repeats=3)
 
 
 class UserError(Exception):
@@ -88,6 +84,11 @@ def _require_result(session: Optional[Session]) -> Any:
     if session is None or session.result is None or not session.result.levels:
         raise UserError("No comparison yet: train one on the Train tab (or press Quick demo) first.")
     return session.result
+
+
+def _level_index(result: Any, level: Any) -> int:
+    """A slider value as a valid level index of `result`."""
+    return min(max(int(round(float(level or 0))), 0), len(result.levels) - 1)
 
 
 def _require_idle(session: Session) -> None:
@@ -169,7 +170,7 @@ def _run_compare_in_thread(session: Session, config: Any, out_dir: Path, events:
 
 def train(session: Optional[Session], backbone: str, weights: Optional[str], img_size: Any, lora_rank: Any,
           epochs: Any, batch_size: Any, lr: Any, pyra_lr: Any, schedule: str, seeds: str, num_levels: Any,
-          bench_repeats: Any, request: gr.Request) -> Iterator[tuple]:
+          bench_repeats: Any, protocol: Any, request: gr.Request) -> Iterator[tuple]:
     """Train uncompressed / ToMe / PYRA and sweep the levels; yields (session, status, loss chart).
 
     The job runs in a worker thread; this generator relays its progress. Stop sets the
@@ -180,7 +181,7 @@ def train(session: Optional[Session], backbone: str, weights: Optional[str], img
         _require_idle(session)
         _require_data(session)
         settings = views.train_settings(backbone, weights, img_size, lora_rank, epochs, batch_size, lr,
-                                        pyra_lr, schedule, seeds, num_levels, bench_repeats)
+                                        pyra_lr, schedule, seeds, num_levels, bench_repeats, protocol)
         config = views.compare_config(settings)
     except (ValueError, UserError) as error:
         raise gr.Error(str(error), print_exception=False) from None
@@ -270,8 +271,7 @@ def quick_demo_settings(session: Optional[Session], request: gr.Request) -> tupl
     s = QUICK_DEMO_TRAIN
     controls = (QUICK_DEMO_DATA["sample"], QUICK_DEMO_DATA["max_per_class"], s.backbone, None, s.img_size or 0,
                 s.lora_rank, s.epochs, s.batch_size, s.lr, s.pyra_lr, s.schedule, ", ".join(map(str, s.seeds)),
-                s.num_levels,
-                s.bench_repeats)
+                s.num_levels, s.bench_repeats, s.protocol)
     return (*data, *controls)
 
 
@@ -295,11 +295,13 @@ def _slider_update(result: Any) -> gr.Slider:
 def select_level(session: Optional[Session], level: Any) -> tuple:
     """Everything the Compare tab shows at one level, from the cached result (no recomputation)."""
     result = _require_result(session)
-    index = min(max(int(round(float(level or 0))), 0), len(result.levels) - 1)
+    index = _level_index(result, level)
     rows = result.rows_at(index)
     table = pd.DataFrame(views.compare_table(rows), columns=views.COMPARE_HEADERS)
     chart = accuracy_vs_throughput(views.chart_rows(result.rows), highlight=views.highlight_point(rows))
-    return (views.level_description(result.levels[index], rows, len(result.levels)), table,
+    description = (views.level_description(result.levels[index], rows, len(result.levels)) + "\n\n"
+                   + views.training_note(result.protocol, result.training))
+    return (description, table,
             views.verdict_markdown(result.comparisons.get(index, [])), views.sample_size_hint(rows), chart)
 
 
@@ -345,16 +347,15 @@ def pick_example_photo(name: Optional[str]) -> Optional[Image.Image]:
 
 
 def _level_schedule(result: Any, level: Any) -> list[int]:
-    index = min(max(int(round(float(level or 0))), 0), len(result.levels) - 1)
-    return list(result.levels[index].schedule)
+    return list(result.levels[_level_index(result, level)].schedule)
 
 
-def _run_dir(result: Any, method: str) -> Path:
-    """The first seed's run of `method` ("pyra" | "tome" | "uncompressed")."""
-    keys = [key for key in result.run_dirs if key.partition("@")[0] == method]
-    if not keys:
-        raise UserError(f"this comparison has no {views.METHOD_LABELS.get(method, method)} run")
-    return Path(result.run_dirs[keys[0]])
+def _run_dir(result: Any, method: str, level: Any) -> Path:
+    """The first seed's run whose model gives `method` ("pyra" | "tome") its accuracy at `level`."""
+    try:
+        return Path(result.run_for(method, _level_index(result, level)))
+    except KeyError:
+        raise UserError(f"this comparison has no {views.METHOD_LABELS.get(method, method)} run") from None
 
 
 def _tokens_table(tokens: list[int], schedule: list[int]) -> pd.DataFrame:
@@ -369,7 +370,7 @@ def show_token_maps(session: Optional[Session], image: Optional[Image.Image], le
     if image is None:
         raise UserError("Pick a validation image or an example photo, or upload an image.")
     schedule = _level_schedule(result, level)
-    maps = {method: token_maps(_run_dir(result, method), image, schedule=schedule, method=method)
+    maps = {method: token_maps(_run_dir(result, method, level), image, schedule=schedule, method=method)
             for method in ("tome", "pyra")}
     tome_layer, pyra_layer = show_layer_maps(maps, layer)
     per_layer = tome_layer is not None
@@ -398,8 +399,9 @@ def inspect(session: Optional[Session], image: Optional[Image.Image], method_lab
     if image is None:
         raise UserError("Pick a validation image or an example photo, or upload an image.")
     method = "pyra" if "PYRA" in (method_label or "PYRA") else "tome"
-    view = inspect_layer(_run_dir(result, method), image, int(layer or 1) - 1,
-                         schedule=_level_schedule(result, level), method=method)
+    schedule = _level_schedule(result, level)
+    view = inspect_layer(_run_dir(result, method, level), image, int(layer or 1) - 1, schedule=schedule,
+                         method=method)
     pairs = pd.DataFrame(view.pairs, columns=["source_token", "destination_token", "similarity", "token_gate"])
     summary = (f"**Layer {int(layer or 1)}**: {view.tokens_in} tokens in, {view.r} merged "
                f"({views.METHOD_LABELS[method]}).")
@@ -474,6 +476,6 @@ def export_run(session: Optional[Session], run_key: Optional[str]) -> tuple:
     result = _require_result(session)
     if not run_key or run_key not in result.run_dirs:
         raise UserError("Choose a run to export.")
-    name = f"pyra-{run_key.replace('@', '-seed')}.zip"
+    name = f"pyra-{run_key.replace('@', '-seed').replace(':', '-')}.zip"
     path = views.export_run_zip(Path(result.run_dirs[run_key]), session.workdir / "exports" / name)
     return str(path), views.python_snippet(run_key, name)

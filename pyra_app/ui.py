@@ -76,13 +76,18 @@ def _train_tab(c: SimpleNamespace) -> None:
                                      label="Target compression",
                                      info="low / high (the paper's), a FLOPs ratio like 2.5, r per layer like 4, "
                                           "or a list 8,6,4,...")
+            defaults = views.TrainSettings()
             with gr.Row():
-                c.epochs = gr.Slider(1, 50, value=3, step=1, label="Epochs", elem_id="epochs")
-                c.batch_size = gr.Number(32, precision=0, minimum=1, label="Batch size")
+                c.epochs = gr.Slider(1, 50, value=defaults.epochs, step=1, label="Epochs", elem_id="epochs")
+                c.batch_size = gr.Number(defaults.batch_size, precision=0, minimum=1, label="Batch size")
             with gr.Row():
-                c.lr = gr.Number(1e-3, label="Learning rate (LoRA + head)")
-                c.pyra_lr = gr.Number(1e-3, label="PYRA learning rate")
-            with gr.Accordion("Repeats and measurement", open=False):
+                c.lr = gr.Number(defaults.lr, label="Learning rate (LoRA + head)")
+                c.pyra_lr = gr.Number(defaults.pyra_lr, label="PYRA learning rate")
+            with gr.Accordion("Training protocol, repeats and measurement", open=False):
+                c.protocol = gr.Radio(views.PROTOCOL_CHOICES, value=defaults.protocol, label="Training protocol",
+                                      elem_id="protocol",
+                                      info="Elastic trains ToMe + LoRA and PYRA + LoRA once each for every "
+                                           "compression level; per level trains one model per level and method.")
                 c.seeds = gr.Textbox("0", label="Seeds", info="e.g. 0, 1, 2: one training per seed and method; "
                                                              "intervals over seeds need at least 2")
                 c.num_levels = gr.Slider(2, MAX_LEVELS, value=5, step=1, label="Compression levels to measure",
@@ -90,10 +95,13 @@ def _train_tab(c: SimpleNamespace) -> None:
                 c.bench_repeats = gr.Slider(1, 20, value=5, step=1, label="Speed measurement repeats",
                                             elem_id="bench-repeats")
         with gr.Column(scale=2):
-            gr.Markdown("Trains three models on the loaded data: LoRA uncompressed, ToMe + LoRA and PYRA + LoRA "
-                        "at the target compression, then measures accuracy and speed at every level. "
-                        "**Quick demo**: Fashion-MNIST sample, default backbone, small settings (a few minutes on "
-                        "2 CPU cores).")
+            gr.Markdown("Trains three models on the loaded data: LoRA uncompressed, ToMe + LoRA and PYRA + LoRA. "
+                        "The two merging models are trained **elastically**: every step merges at a level between "
+                        "uncompressed and the target (the uncompressed pass teaches the compressed ones), so one "
+                        "model is trained for every position of the Compare tab's slider. Each model's head starts "
+                        "from a logistic regression on the backbone's features. Then accuracy and speed are "
+                        "measured at every level. **Quick demo**: Fashion-MNIST sample (200 training and 300 "
+                        "validation images), default backbone, 2 epochs: about 3 minutes on 2 CPU cores.")
             with gr.Row():
                 c.quick_btn = gr.Button("Quick demo", variant="secondary")
                 c.train_btn = gr.Button("Train and compare", variant="primary", elem_id="train-btn")
@@ -216,7 +224,7 @@ def _wire(demo: gr.Blocks, c: SimpleNamespace) -> None:
     c.zip_file.upload(h.load_zip, [c.session, c.zip_file, *data_inputs], data_outputs, api_name="load_zip")
 
     train_controls = [c.backbone, c.weights, c.img_size, c.lora_rank, c.epochs, c.batch_size, c.lr, c.pyra_lr,
-                      c.schedule, c.seeds, c.num_levels, c.bench_repeats]
+                      c.schedule, c.seeds, c.num_levels, c.bench_repeats, c.protocol]
     buttons = [c.quick_btn, c.train_btn, c.stop_btn]
     result_outputs = [c.level, c.level_text, c.table, c.verdicts, c.hint, c.chart, c.tm_level, c.tm_layer,
                       c.il_level, c.il_layer, c.ins_run, c.ins_curve, c.ins_confusion, c.ins_per_class, c.ins_note,

@@ -16,10 +16,12 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 from PIL import Image
 
-from pyra.compare import CompareConfig
+from dataclasses import replace
+
+from pyra.compare import PROTOCOLS, CompareConfig
+from pyra.recipes import DEFAULT_RECIPE
 from pyra.schedule import parse_schedule
 from pyra.stats import min_detectable_difference
-from pyra.train import TrainConfig
 
 METHOD_ORDER = ("uncompressed", "tome_free", "tome", "pyra")
 METHOD_LABELS = {
@@ -29,9 +31,18 @@ METHOD_LABELS = {
     "pyra": "PYRA + LoRA",
 }
 COMPARE_HEADERS = [
-    "Method", "Accuracy [95% CI]", "Latency ms, batch 1", "Throughput img/s", "GFLOPs / image", "FLOPs ratio",
-    "Threads",
+    "Method", "Accuracy [95% CI]", "Trained for this level", "Latency ms, batch 1", "Throughput img/s",
+    "GFLOPs / image", "FLOPs ratio", "Threads",
 ]
+TRAINING_TEXT = {  # compare row "training" -> the table's "Trained for this level" cell
+    "uncompressed": "yes",
+    "training-free": "no: merging added after training",
+    "per-level": "yes: its own model",
+    "elastic-uniform": "yes: elastic model",
+    "elastic-sandwich": "yes: elastic model",
+}
+PROTOCOL_CHOICES = [("elastic: one model per method for every level", "elastic"),
+                    ("per level: one model per method and level (the paper's, slower)", "per-level")]
 TABLE_NOTE = ("Latency and throughput: median [25th-75th percentile] over the repeats, measured interleaved "
               "on this machine. FLOPs ratio: uncompressed FLOPs / this model's.")
 RUN_FILES = ("config.json", "adapter.safetensors", "metrics.json")
@@ -102,15 +113,15 @@ class TrainSettings:
     weights: Optional[str] = None  # uploaded weights file for a timm architecture
     img_size: Optional[int] = None  # None: the backbone's default
     lora_rank: int = 4
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 1e-3
-    pyra_lr: float = 1e-3
+    epochs: int = DEFAULT_RECIPE.train.epochs
+    batch_size: int = DEFAULT_RECIPE.train.batch_size
+    lr: float = DEFAULT_RECIPE.train.lr
+    pyra_lr: float = DEFAULT_RECIPE.train.pyra_lr
     schedule: str = "high"  # as typed: low / high / r / r1,r2,... / FLOPs ratio (see pyra.schedule.parse_schedule)
     seeds: tuple[int, ...] = (0,)
     num_levels: int = 5
     bench_repeats: int = 5
-    dropout: float = 0.1  # LoRA dropout and drop-path rate (paper recipe: 0.1)
+    protocol: str = "elastic"  # see pyra.compare: "elastic" or "per-level"
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -157,7 +168,7 @@ def _positive_float(value: Any, name: str) -> float:
 
 def train_settings(backbone: str, weights: Optional[str], img_size: Any, lora_rank: Any, epochs: Any,
                    batch_size: Any, lr: Any, pyra_lr: Any, schedule: str, seeds: str, num_levels: Any,
-                   bench_repeats: Any) -> TrainSettings:
+                   bench_repeats: Any, protocol: Any = "elastic") -> TrainSettings:
     """Validate the raw control values; ValueError names the control and the fix."""
     backbone = (backbone or "").strip() or "default"
     size = None if img_size in (None, "", 0, 0.0) else _positive_int(img_size, "image size", low=8)
@@ -174,7 +185,14 @@ def train_settings(backbone: str, weights: Optional[str], img_size: Any, lora_ra
         seeds=parse_seeds(seeds),
         num_levels=_positive_int(num_levels, "compression levels", low=2),
         bench_repeats=_positive_int(bench_repeats, "benchmark repeats"),
+        protocol=_protocol(protocol),
     )
+
+
+def _protocol(value: Any) -> str:
+    if value not in PROTOCOLS:
+        raise ValueError(f"training protocol: choose one of {', '.join(PROTOCOLS)}, got {value!r}")
+    return str(value)
 
 
 def compare_config(settings: TrainSettings) -> CompareConfig:
@@ -193,12 +211,13 @@ def compare_config(settings: TrainSettings) -> CompareConfig:
         img_size=settings.img_size,
         schedule=schedule,
         lora_rank=settings.lora_rank,
-        lora_dropout=settings.dropout,
-        drop_path_rate=settings.dropout,
-        train=TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                          pyra_lr=settings.pyra_lr),
+        lora_dropout=DEFAULT_RECIPE.lora_dropout,
+        drop_path_rate=DEFAULT_RECIPE.drop_path_rate,
+        train=replace(DEFAULT_RECIPE.train, epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
+                      pyra_lr=settings.pyra_lr),
         seeds=settings.seeds,
         levels=levels,
+        protocol=settings.protocol,
         bench_repeats=settings.bench_repeats,
     )
 
@@ -293,6 +312,7 @@ def compare_table(rows: Iterable[dict]) -> list[list[str]]:
         table.append([
             row.get("method_label") or METHOD_LABELS.get(row["method"], row["method"]),
             accuracy,
+            TRAINING_TEXT.get(row.get("training", ""), "?"),
             _spread(row.get("latency_ms"), row.get("latency_p25"), row.get("latency_p75"), 1),
             _spread(row.get("throughput"), row.get("throughput_p25"), row.get("throughput_p75"), 1),
             _number(gflops, 3) if gflops is not None else "full",
@@ -300,6 +320,18 @@ def compare_table(rows: Iterable[dict]) -> list[list[str]]:
             str(row.get("threads", "")),
         ])
     return table
+
+
+def training_note(protocol: str, training: str) -> str:
+    """What every slider position means, for the comparison's protocol."""
+    if protocol == "per-level":
+        how = ("ToMe + LoRA and PYRA + LoRA were trained once per level (the paper's protocol), so each "
+               "accuracy comes from the model trained for that level.")
+    else:
+        how = (f"ToMe + LoRA and PYRA + LoRA were each trained as {training or 'one elastic model'}: every optimiser "
+               "step merged at a level between uncompressed and the target, so the same model is trained for every "
+               "slider position.")
+    return how + " Training-free ToMe is the uncompressed LoRA model with merging switched on afterwards."
 
 
 def level_description(level: Any, rows: Sequence[dict], num_levels: int) -> str:
@@ -362,12 +394,15 @@ def highlight_point(rows: Sequence[dict]) -> Optional[dict]:
 # ---------------------------------------------------------------- runs, insights, export
 
 def run_choices(run_dirs: dict[str, Path]) -> list[tuple[str, str]]:
-    """Dropdown (label, key) pairs for the result's runs, e.g. ("PYRA + LoRA, seed 0", "pyra@0")."""
+    """Dropdown (label, key) pairs for the result's runs, e.g. ("PYRA + LoRA, seed 0", "pyra@0");
+    a per-level run "pyra@0:L2" reads "PYRA + LoRA, seed 0, level 3"."""
     choices = []
     for key in run_dirs:
-        method, _, seed = key.partition("@")
+        method, _, rest = key.partition("@")
+        seed, _, level = rest.partition(":L")
         label = METHOD_LABELS.get(method, method)
-        choices.append((f"{label}, seed {seed}" if seed else label, key))
+        label = f"{label}, seed {seed}" if seed else label
+        choices.append((f"{label}, level {int(level) + 1}" if level else label, key))
     return choices
 
 
@@ -386,7 +421,7 @@ def export_run_zip(run_dir: Path, zip_path: Path) -> Path:
 
 def python_snippet(run_key: str, zip_name: str) -> str:
     """How to use an exported run from Python with the pyra API (runs as-is next to the zip)."""
-    folder = run_key.replace("@", "_seed")
+    folder = run_key.replace("@", "_seed").replace(":", "_")
     return f'''# In the PYRA Studio repository (pip install -r requirements.txt):
 import zipfile
 
@@ -410,4 +445,5 @@ with torch.inference_mode():
     logits = model(transform(to_rgb(Image.open(IMAGE)))[None])
 print(config.classes[int(logits.argmax())])
 # pyra.set_schedule(model, [r // 2 for r in config.schedule]) merges less: slower, often more accurate
+# (an elastic run, config.train.elastic != "off", was trained for every such level up to its schedule)
 '''

@@ -23,7 +23,7 @@ from benchmarks.session_load import serve_app  # noqa: E402
 
 TINY_BACKBONE = "random:vit_tiny_patch16_224"
 # backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, bench repeats
-TINY_TRAIN = (TINY_BACKBONE, None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1)
+TINY_TRAIN = (TINY_BACKBONE, None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1, "elastic")
 
 
 def make_dataset_zip(path: Path, classes=("red", "green", "blue"), per_class: int = 8) -> Path:

@@ -118,7 +118,8 @@ def test_bad_settings_name_the_control(field_name, kwargs, words):
 
 
 def test_train_without_data_is_a_readable_error():
-    generator = handlers.train(None, "default", None, 0, 4, 1, 8, 1e-3, 1e-3, "high", "0", 3, 1, fake_request())
+    generator = handlers.train(None, "default", None, 0, 4, 1, 8, 1e-3, 1e-3, "high", "0", 3, 1, "elastic",
+                               fake_request())
     with pytest.raises(gr.Error, match="No dataset yet"):
         next(generator)
 
@@ -143,6 +144,7 @@ def _row(method: str, level: int, accuracy: float, throughput: float, n_val: int
         "throughput_p25": throughput - 1, "throughput_p75": throughput + 1,
         "gflops": None if method == "uncompressed" else 1.5 - 0.5 * level,
         "flops_ratio": 1.0 if method == "uncompressed" or level == 0 else 2.0, "threads": 2, "n_val": n_val,
+        "training": {"uncompressed": "uncompressed", "tome_free": "training-free"}.get(method, "elastic-sandwich"),
     }
 
 
@@ -165,6 +167,8 @@ class FakeResult:
     run_dirs: dict = field(default_factory=dict)
     reports: dict = field(default_factory=dict)
     status: str = "completed"
+    protocol: str = "elastic"
+    training: str = "one elastic model for every level (sandwich)"
 
     def rows_at(self, level: int) -> list:
         return [row for row in self.rows if row["level"] == level]
@@ -175,10 +179,11 @@ def test_compare_table_formatting():
     table = views.compare_table(result.rows_at(1))
     assert [row[0] for row in table] == ["LoRA, uncompressed", "ToMe training-free", "ToMe + LoRA", "PYRA + LoRA"]
     pyra = table[3]
-    assert pyra[1] == "75.0% [65.0%-85.0%]"
-    assert pyra[2] == "11.1 [9.0-11.5]" and pyra[3] == "90.0 [89.0-91.0]"
-    assert pyra[4] == "1.000" and pyra[5] == "2.00x" and pyra[6] == "2"
-    assert table[0][4] == "full" and table[0][5] == "1.00x"
+    assert pyra[1] == "75.0% [65.0%-85.0%]" and pyra[2] == "yes: elastic model"
+    assert table[1][2].startswith("no") and table[0][2] == "yes"  # training-free ToMe: not trained for the level
+    assert pyra[3] == "11.1 [9.0-11.5]" and pyra[4] == "90.0 [89.0-91.0]"
+    assert pyra[5] == "1.000" and pyra[6] == "2.00x" and pyra[7] == "2"
+    assert table[0][5] == "full" and table[0][6] == "1.00x"
     assert len(table[0]) == len(views.COMPARE_HEADERS)
 
 
@@ -276,7 +281,7 @@ def test_stop_sets_the_session_event_of_a_running_job(tmp_path):
 def test_engine_error_during_training_reaches_status_and_popup():
     session = handlers.load_sample(None, "textures", 6, 0.25, fake_request())[0]
     updates = handlers.train(session, "vit_does_not_exist", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
-                             fake_request())
+                             "elastic", fake_request())
     statuses = []
     with pytest.raises(gr.Error) as caught:
         for _, status, _ in updates:
@@ -292,3 +297,11 @@ def test_loss_figure_draws_one_line_per_run_in_order():
     figure = views.loss_figure(losses)
     assert [trace.name for trace in figure.data] == ["uncompressed", "pyra"]
     assert list(figure.data[0].y) == [2.0, 1.5]
+
+
+def test_quick_demo_validates_on_at_least_300_images():
+    session = handlers.load_sample(None, handlers.QUICK_DEMO_DATA["sample"], handlers.QUICK_DEMO_DATA["max_per_class"],
+                                   handlers.QUICK_DEMO_DATA["val_fraction"], fake_request())[0]
+    assert len(session.data.val) >= 300 and len(session.data.train) >= 200
+    settings = handlers.QUICK_DEMO_TRAIN
+    assert settings.protocol == "elastic" and views.compare_config(settings).train.head_start

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pyra.recipes import DEFAULT_RECIPE
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "random:vit_tiny_patch16_224", "--img-size", "64", "--epochs", "1", "--batch-size", "4",
         "--lora-rank", "2"]
@@ -89,7 +91,7 @@ def test_compare_command(image_folder, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert {"out_dir", "status", "levels", "rows", "comparisons"} <= set(result)
-    assert len(result["rows"]) == 2 * 4
+    assert len(result["rows"]) == 2 * 4 and result["protocol"] == "elastic"
     assert (tmp_path / "cmp" / "compare.csv").is_file()
 
 
@@ -98,3 +100,46 @@ def test_samples_and_bad_data():
     assert {s["name"] for s in listed["samples"]} >= {"fashion", "digits", "faces", "textures"}
     done = run_cli("train", "--data", "sample:nope", "--out", "/tmp/never-written")
     assert done.returncode == 2 and "Traceback" not in done.stderr and not Path("/tmp/never-written").exists()
+
+
+def test_default_train_is_elastic_with_a_head_start_and_records_it(trained_run):
+    run_dir, summary = trained_run
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert config["train"]["elastic"] == "sandwich" and config["train"]["head_start"] is True
+    assert summary["elastic"] == metrics["elastic"] == "sandwich"
+    assert summary["head_start"]["levels"] == 2 and metrics["head_start"] == summary["head_start"]
+    assert all(len(step["levels"]) == 3 for step in metrics["history"])
+
+
+def test_train_flags_override_the_recipe(image_folder, tmp_path):
+    run_dir = tmp_path / "tome-uniform"
+    done = run_cli("train", "--data", str(image_folder), *TINY, "--method", "tome", "--schedule", "2",
+                   "--elastic", "uniform", "--no-head-start", "--out", str(run_dir), "--json")
+    assert done.returncode == 0, done.stderr
+    config = json.loads((run_dir / "config.json").read_text())["train"]
+    assert (config["elastic"], config["head_start"], config["lr"]) == ("uniform", False, DEFAULT_RECIPE.train.lr)
+    paper = tmp_path / "paper"
+    done = run_cli("train", "--data", str(image_folder), *TINY, "--recipe", "paper", "--out", str(paper), "--json")
+    assert done.returncode == 0, done.stderr
+    recorded = json.loads((paper / "config.json").read_text())
+    assert recorded["train"]["elastic"] == "off" and recorded["train"]["head_start"] is False
+    assert recorded["lora_dropout"] == 0.1 and recorded["drop_path_rate"] == 0.1
+    assert recorded["train"]["epochs"] == 1  # --epochs given: it wins over the recipe's 100
+    assert json.loads(done.stdout)["head_start"] is None
+
+
+def test_eval_says_when_a_schedule_is_off_target(trained_run, image_folder, tmp_path):
+    run_dir, _ = trained_run
+    for schedule, off in (("1", False), ("0", False), ("2", False)):
+        done = run_cli("eval", str(run_dir), "--data", str(image_folder), "--schedule", schedule, "--repeats", "0",
+                       "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["off_target"] is off, schedule  # elastic: every level up to its target
+    fixed = tmp_path / "fixed"
+    assert run_cli("train", "--data", str(image_folder), *TINY, "--method", "tome", "--schedule", "2",
+                   "--no-elastic", "--out", str(fixed)).returncode == 0
+    done = run_cli("eval", str(fixed), "--data", str(image_folder), "--schedule", "1", "--repeats", "0")
+    assert done.returncode == 0 and "off-target" in done.stdout
+    on = json.loads(run_cli("eval", str(fixed), "--data", str(image_folder), "--repeats", "0", "--json").stdout)
+    assert on["off_target"] is False

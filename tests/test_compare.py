@@ -4,8 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pyra.checkpoint import load_config, load_run
 from pyra.compare import CompareConfig, load_compare, run_compare
 from pyra.data import DatasetSplit, ImageRecord
+from pyra.evaluate import evaluate
+from pyra.pipeline import model_dataset
 from pyra.train import TrainConfig
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230)]
@@ -73,3 +76,66 @@ def test_compare_round_trips_through_its_folder(comparison):
     assert features["pyra"].shape == (6, 192) and features["labels"].shape == (6,)
     assert (result.out_dir / "compare.csv").read_text().startswith("method,")
     assert set(loaded.run_dirs) == {"uncompressed@0", "tome@0", "pyra@0"}
+
+
+def test_elastic_rows_come_from_one_model_per_method(comparison):
+    result, _ = comparison
+    assert result.protocol == "elastic" and "sandwich" in result.training
+    for level in result.levels:
+        for method in ("tome", "pyra"):
+            assert result.run_for(method, level.index) == result.run_dirs[f"{method}@0"]
+        rows = {row["method"]: row for row in result.rows_at(level.index)}
+        assert rows["pyra"]["trained_for_level"] and rows["pyra"]["training"] == "elastic-sandwich"
+        assert not rows["tome_free"]["trained_for_level"] and rows["tome_free"]["training"] == "training-free"
+
+
+def test_per_level_protocol_trains_and_uses_one_model_per_level(tmp_path):
+    config = CompareConfig(
+        backbone="random:vit_tiny_patch16_224", img_size=32, schedule=2, lora_rank=2, protocol="per-level",
+        train=TrainConfig(epochs=1, batch_size=4, elastic="off"), levels=(0.0, 0.5, 1.0), bench_batch=2,
+        bench_repeats=1,
+    )
+    data = colour_dataset()
+    result = run_compare(data, config, tmp_path)
+    assert result.status == "completed" and result.protocol == "per-level"
+    assert set(result.run_dirs) == {"uncompressed@0", "tome@0", "pyra@0", "tome@0:L1", "pyra@0:L1"}
+    for method in ("tome", "pyra"):
+        assert result.run_for(method, 0) == result.run_dirs["uncompressed@0"]  # level 0 merges nothing
+        assert result.run_for(method, 1) == result.run_dirs[f"{method}@0:L1"]
+        assert result.run_for(method, 2) == result.run_dirs[f"{method}@0"]
+        middle = load_config(result.run_dirs[f"{method}@0:L1"])
+        assert list(middle.schedule) == result.levels[1].schedule and middle.train.elastic == "off"
+        # the row at level 1 is that model's own accuracy at its own level
+        model, _ = load_run(result.run_dirs[f"{method}@0:L1"])
+        _, predictions = evaluate(model, model_dataset(model, data.val), data.classes)
+        row = next(r for r in result.rows_at(1) if r["method"] == method)
+        assert row["accuracy"] == pytest.approx(predictions.accuracy) and row["training"] == "per-level"
+    assert load_compare(tmp_path).protocol == "per-level"
+
+
+def test_elastic_protocol_needs_an_elastic_mode():
+    with pytest.raises(ValueError, match="per-level"):
+        CompareConfig(protocol="elastic", train=TrainConfig(elastic="off"))
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        CompareConfig(protocol="sometimes")
+
+
+def test_the_apps_chart_draws_trained_points_and_labels_the_training_free_one(comparison):
+    from pyra.plots import accuracy_vs_throughput
+    from pyra_app import views
+
+    result, _ = comparison
+    figure = accuracy_vs_throughput(views.chart_rows(result.rows))
+    names = [trace.name for trace in figure.data]
+    assert sorted(names) == ["LoRA, uncompressed", "PYRA + LoRA", "ToMe + LoRA", "ToMe training-free"]
+    for trace in figure.data:
+        method = {"PYRA + LoRA": "pyra", "ToMe + LoRA": "tome", "ToMe training-free": "tome_free",
+                  "LoRA, uncompressed": "uncompressed"}[trace.name]
+        rows = [row for row in result.rows if row["method"] == method]
+        assert len(trace.x) == len(rows)
+        assert all(row["trained_for_level"] for row in rows) == (method != "tome_free")
+    # the elastic model's uncompressed point is its own accuracy, not the uncompressed LoRA model's
+    level0 = {row["method"]: row for row in result.rows_at(0)}
+    model, _ = load_run(result.run_dirs["pyra@0"])
+    _, predictions = evaluate(model, model_dataset(model, colour_dataset().val), result.classes, schedule=[0] * 12)
+    assert level0["pyra"]["accuracy"] == pytest.approx(predictions.accuracy)

@@ -282,13 +282,13 @@ def test_sample_loads_offline(tmp_path, info):
 
 
 def test_sample_counts():
-    expected = {"fashion": (10, 800), "digits": (10, 1797), "faces": (2, 200), "textures": (3, 192)}
+    expected = {"fashion": (10, 1000), "digits": (10, 1797), "faces": (2, 200), "textures": (3, 192)}
     assert {i.name: (i.num_classes, i.num_images) for i in list_samples()} == expected
 
 
 def test_fashion_uses_shipped_split(tmp_path):
     split = load_dataset("sample:fashion", tmp_path, seed=5)
-    assert split.class_counts() == {name: (60, 20) for name in split.classes}
+    assert split.class_counts() == {name: (60, 40) for name in split.classes}
     assert split.val[0].load().size == (28, 28)
     capped = load_dataset("sample:fashion", tmp_path, max_per_class=8)
     assert set(capped.class_counts().values()) == {(6, 2)}

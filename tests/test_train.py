@@ -130,7 +130,7 @@ def test_separate_pyra_lr_takes_effect():
 def test_training_on_coloured_squares_lowers_the_loss(model):
     records = coloured_squares()
     reports = []
-    config = TrainConfig(epochs=4, batch_size=6)  # the default lr of 1e-3
+    config = TrainConfig(epochs=4, batch_size=6)  # the default lr
     result = train(model, dataset_for(model, records), config, val_set=dataset_for(model, records),
                    on_progress=reports.append)
     assert result.status == "completed", result.message
