@@ -69,7 +69,7 @@ FULL = MatrixConfig(
     pyra_lrs=(5e-4, 5e-3),
     backbone="default",
     img_size=112,
-    train=TrainConfig(epochs=3, batch_size=16, lr=5e-3, eval_every_epoch=False),
+    train=TrainConfig(epochs=3, batch_size=16, lr=5e-3, eval_every_epoch=False, elastic="off", head_start=False),
 )
 QUICK = replace(
     FULL, datasets=("textures",), max_per_class={"textures": 12}, seeds=(0,), levels=("low", "high"),

@@ -28,7 +28,7 @@ from pyra.train import TrainConfig  # noqa: E402
 def run(backbone: str, epochs: int, out: Path, max_per_class: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         data = load_dataset("sample:fashion", Path(workdir), max_per_class=max_per_class)
-        train_config = TrainConfig(epochs=epochs, batch_size=16, lr=5e-3, pyra_lr=5e-3)
+        train_config = TrainConfig(epochs=epochs, batch_size=16, lr=5e-3, pyra_lr=5e-3, head_start=False)  # fresh head
         config = make_run_config(data, backbone=backbone, img_size=112, method="none", lora_rank=4,
                                  lora_dropout=0.0, drop_path_rate=0.0, train_config=train_config)
         _, result, report = train_run(data, config, out / backbone.replace(":", "_"))

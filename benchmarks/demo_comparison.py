@@ -13,6 +13,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from pyra.bench import machine_info  # noqa: E402
 from pyra.compare import CompareConfig, run_compare  # noqa: E402
 from pyra.data import load_dataset  # noqa: E402
-from pyra.train import TrainConfig  # noqa: E402
+from pyra.recipes import DEFAULT_RECIPE  # noqa: E402
 
 
 def main() -> None:
@@ -37,8 +38,8 @@ def main() -> None:
     config = CompareConfig(
         backbone="random:vit_tiny_patch16_224" if args.quick else "default",
         img_size=64 if args.quick else 112,
-        schedule=args.schedule, lora_rank=4, lora_dropout=0.0, drop_path_rate=0.0,
-        train=TrainConfig(epochs=1 if args.quick else args.epochs, batch_size=16, lr=5e-3, pyra_lr=5e-3),
+        schedule=args.schedule, lora_rank=4,
+        train=replace(DEFAULT_RECIPE.train, epochs=1 if args.quick else args.epochs),
         seeds=seeds, levels=(0.0, 0.5, 1.0) if args.quick else (0.0, 0.25, 0.5, 0.75, 1.0),
         bench_batch=8, bench_repeats=3 if args.quick else 5,
     )

@@ -4,6 +4,7 @@
     python benchmarks/results_report.py --quick --out /tmp/q --no-png   # the --quick runs' files in /tmp/q
 
 Inputs in <out>/results/: backbone_quality.json (benchmarks/backbone_quality.py),
+elastic_matrix*.json (benchmarks/elastic_matrix.py), recipe_search.json (benchmarks/recipe_search.py),
 accuracy_matrix*.json (benchmarks/accuracy_matrix.py) and <dataset>_<schedule>.json
 (benchmarks/demo_comparison.py); throughput for the charts from <out>/perf/engine_speed.json
 (benchmarks/engine_speed.py) when it measured the same backbone.
@@ -20,6 +21,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from benchmarks.accuracy_report import accuracy_section, load_matrices  # noqa: E402
 from benchmarks.charts import write_chart  # noqa: E402
+from benchmarks.elastic_report import elastic_section, load_elastic  # noqa: E402
 from pyra.bench import markdown_table  # noqa: E402
 
 
@@ -43,6 +45,33 @@ def quality_section(report: dict) -> list[str]:
     ]
 
 
+def recipe_section(report: dict) -> list[str]:
+    """benchmarks/recipe_search.py: validation accuracy per learning rate, and per head-start C."""
+    cells = report["cells"]
+    lr_rows = [[c["dataset"], str(c["seed"]), "LoRA uncompressed" if c["method"] == "none" else "ToMe + LoRA at high",
+                f"{c['lr']:g}", pct(c["accuracy"]), pct(c.get("probe_accuracy")), str(c["n"])]
+               for c in cells if c.get("part", "lr") == "lr"]
+    c_rows = [[c["dataset"], str(c["seed"]), "no head start" if c["head_start_c"] is None else f"{c['head_start_c']:g}",
+               pct(c["accuracy"]), pct(c.get("probe_accuracy")), str(c["n"])]
+              for c in cells if c.get("part") == "head start"]
+    lines = ["## How the default recipe was chosen", "", f"    {report['command']}", "",
+             f"Tuning splits (seeds 100-102) that no other table uses; {report['threads']} torch thread(s) on "
+             f"{report['machine']['cpu']}. Everything else is the default recipe (3 epochs, batch 16, 10% warm-up, "
+             "cosine, no dropout); ToMe + LoRA is trained at \"high\" only here, so the recipe is judged "
+             "without elastic training.", "",
+             "Learning rate (LoRA + head), with the head start; probe = scikit-learn's logistic regression (C = 1) on "
+             "the frozen features at the same level:", "",
+             markdown_table(["dataset", "seed", "model", "lr", "val accuracy %", "probe %", "val images"], lr_rows),
+             ""]
+    if c_rows:
+        lines += [f"Head start: the logistic regression's C (inverse L2 strength), ToMe + LoRA at \"high\", "
+                  f"lr {next(c['lr'] for c in cells if c.get('part') == 'head start'):g}; probe = the same fit "
+                  "used as the classifier on its own:", "",
+                  markdown_table(["dataset", "seed", "head start C", "val accuracy %", "probe %", "val images"],
+                                 c_rows), ""]
+    return lines
+
+
 def comparison_section(report: dict) -> list[str]:
     result, settings, data = report["result"], report["settings"], report["data"]
     seeds = settings["seeds"]
@@ -59,14 +88,23 @@ def comparison_section(report: dict) -> list[str]:
         + "; each seed's accuracy in the next column. Throughput: median images/s at batch 8 "
         "(measured on the first seed's models, interleaved).", "",
     ]
+    target_only = "protocol" not in result  # written before elastic training: trained at the target level only
+    if target_only:
+        lines += ["This comparison predates elastic training: ToMe + LoRA and PYRA + LoRA were trained at the target "
+                  "level only, so their rows at the other levels are marked *off-target* (evaluated at a level "
+                  "their model was not trained for).", ""]
+    else:
+        lines += [f"Training: {result['training']}.", ""]
+    last = result["levels"][-1]["index"] if result["levels"] else None
     rows = []
     for level in result["levels"]:
         for row in [r for r in result["rows"] if r["level"] == level["index"]]:
             if level["index"] > 0 and row["method"] == "uncompressed":
                 continue
+            off_target = target_only and row["method"] in ("tome", "pyra") and level["index"] != last
             rows.append([
                 level["label"] if row["method"] != "uncompressed" else "uncompressed",
-                row["method_label"],
+                row["method_label"] + (" (off-target)" if off_target else ""),
                 f"{pct(row['accuracy'])} [{pct(row['accuracy_low'])}, {pct(row['accuracy_high'])}]",
                 " ".join(pct(float(a)) for a in row["seed_accuracies"].split()),
                 f"{row['throughput']:.1f}", f"{row['flops_ratio']:.2f}x",
@@ -104,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     quality = results / f"backbone_quality{suffix}.json"
     if quality.is_file():
         lines += quality_section(json.loads(quality.read_text()))
+    recipe_path = results / f"recipe_search{suffix}.json"
+    if recipe_path.is_file():
+        lines += recipe_section(json.loads(recipe_path.read_text()))
+    elastic = load_elastic(results, quick=args.quick)
+    if elastic:
+        lines += elastic_section(elastic)
     matrices = load_matrices(results, quick=args.quick)
     if matrices:
         speed_path = args.out / "perf" / "engine_speed.json"
@@ -111,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         lines += accuracy_section(matrices, speed, lambda fig, stem: write_chart(fig, stem, png=not args.no_png),
                                   args.out / "charts")
     for path in sorted(results.glob("*_*.json")):
-        comparison = not path.stem.startswith(("backbone_quality", "accuracy_matrix"))
+        comparison = not path.stem.startswith(("backbone_quality", "accuracy_matrix", "elastic_matrix",
+                                               "recipe_search"))
         if comparison and path.stem.endswith("_quick") == args.quick:
             lines += comparison_section(json.loads(path.read_text()))
     caveats = REPO / "benchmarks" / "results_caveats.md"

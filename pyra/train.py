@@ -5,6 +5,10 @@
                    val_set=ImageDataset(split.val, tf), on_progress=print, cancel=threading.Event())
     result.status  # "completed" | "cancelled" | "diverged"
 
+Before the first step the head is fitted by logistic regression on frozen features
+(`pyra.head_start`); a merging model then trains at the levels `pyra.elastic` draws for each
+step (sandwich by default), and is left at its target schedule.
+
 The loop never raises on a diverging run: it stops before the bad update, restores the last
 good trainable weights and reports why. The model is always returned in eval mode.
 """
@@ -104,7 +108,7 @@ class Progress:
     step: int  # optimiser steps done, 1-based
     total_steps: int
     epoch: int  # 1-based
-    loss: float  # training loss of this step
+    loss: float  # training loss of this step (mean over its passes: labels first, then distillation)
     lr: float  # LoRA + head learning rate used at this step
     fraction: float  # step / total_steps
     images_per_s: float  # training throughput so far (validation excluded)

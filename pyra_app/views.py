@@ -36,10 +36,10 @@ COMPARE_HEADERS = [
 ]
 TRAINING_TEXT = {  # compare row "training" -> the table's "Trained for this level" cell
     "uncompressed": "yes",
-    "training-free": "no: merging added after training",
+    "training-free": "no: training-free",
     "per-level": "yes: its own model",
-    "elastic-uniform": "yes: elastic model",
-    "elastic-sandwich": "yes: elastic model",
+    "elastic-uniform": "yes: elastic",
+    "elastic-sandwich": "yes: elastic",
 }
 PROTOCOL_CHOICES = [("elastic: one model per method for every level", "elastic"),
                     ("per level: one model per method and level (the paper's, slower)", "per-level")]

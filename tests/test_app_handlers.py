@@ -179,7 +179,7 @@ def test_compare_table_formatting():
     table = views.compare_table(result.rows_at(1))
     assert [row[0] for row in table] == ["LoRA, uncompressed", "ToMe training-free", "ToMe + LoRA", "PYRA + LoRA"]
     pyra = table[3]
-    assert pyra[1] == "75.0% [65.0%-85.0%]" and pyra[2] == "yes: elastic model"
+    assert pyra[1] == "75.0% [65.0%-85.0%]" and pyra[2] == "yes: elastic"
     assert table[1][2].startswith("no") and table[0][2] == "yes"  # training-free ToMe: not trained for the level
     assert pyra[3] == "11.1 [9.0-11.5]" and pyra[4] == "90.0 [89.0-91.0]"
     assert pyra[5] == "1.000" and pyra[6] == "2.00x" and pyra[7] == "2"

@@ -55,7 +55,39 @@ def quick_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_script("accuracy_matrix.py", "--quick", "--out", str(out))
     run_script("backbone_quality.py", "--quick", "--out", str(out))
     run_script("demo_comparison.py", "--quick", "--out", str(out))
+    run_script("elastic_matrix.py", "--quick", "--out", str(out))
+    run_script("recipe_search.py", "--quick", "--out", str(out))
     return out
+
+
+def test_elastic_matrix_quick_has_every_variant_at_every_level(quick_out: Path) -> None:
+    report = json.loads((quick_out / "results" / "elastic_matrix_quick.json").read_text())
+    assert report["complete"]
+    levels = range(len(report["settings"]["fractions"]))
+    cells = {(c["method"], c["variant"], c["level"]): c for c in report["cells"]}
+    expected = {("probe", "probe", level) for level in levels} | {("uncompressed", "uncompressed", 0)}
+    expected |= {("tome_free", "training-free", level) for level in levels if level > 0}
+    for method in ("tome", "pyra"):
+        expected |= {(method, variant, level) for level in levels for variant in ("per-level", "uniform", "sandwich")}
+        expected |= {(method, "target-only", level) for level in levels[:-1]}
+    assert set(cells) == expected
+    for cell in report["cells"]:
+        assert cell["accuracy"] == pytest.approx(cell["correct"].count("1") / cell["n"])
+    # one model per level at level 0 is the uncompressed model; an elastic model is its own
+    assert cells[("tome", "per-level", 0)]["correct"] == cells[("uncompressed", "uncompressed", 0)]["correct"]
+    assert cells[("tome", "per-level", levels[-1])]["seconds"] > 0
+    ratios = [cells[("probe", "probe", level)]["flops_ratio"] for level in levels]
+    assert ratios == sorted(ratios) and ratios[0] == 1.0
+
+
+def test_recipe_search_quick_covers_its_grid(quick_out: Path) -> None:
+    report = json.loads((quick_out / "results" / "recipe_search_quick.json").read_text())
+    settings = report["settings"]
+    lr_cells = [c for c in report["cells"] if c["part"] == "lr"]
+    c_cells = [c for c in report["cells"] if c["part"] == "head start"]
+    assert len(lr_cells) == 2 * len(settings["lrs"]) * len(settings["datasets"]) * len(settings["seeds"])
+    assert len(c_cells) == (len(settings["c_values"]) + 1) * len(settings["c_datasets"]) * len(settings["c_seeds"])
+    assert all(0.0 <= c["accuracy"] <= 1.0 for c in report["cells"])
 
 
 def test_accuracy_matrix_quick_trains_every_cell(quick_out: Path) -> None:
@@ -99,6 +131,7 @@ def test_results_report_renders_the_quick_results_with_charts(quick_out: Path) -
     text = (quick_out / "RESULTS.md").read_text()
     assert "## The default backbone is really pretrained" in text
     assert "### `sample:textures`" in text and "## Comparison on `sample:fashion`" in text
+    assert "## Every slider position a trained model" in text and "## How the default recipe was chosen" in text
     html = quick_out / "charts" / "accuracy_textures.html"
     assert html.is_file() and (quick_out / "charts" / "plotly.min.js").is_file()
     assert "cdn.plot.ly" not in html.read_text()  # opens offline

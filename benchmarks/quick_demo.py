@@ -1,0 +1,128 @@
+"""The Quick demo as a visitor meets it: `python app.py`, headless Chromium, one press of the button.
+
+    python benchmarks/quick_demo.py              # about 3 minutes on 2 cores; needs /usr/bin/chromium
+    python benchmarks/quick_demo.py --out /tmp/q  # results and screenshots elsewhere
+
+Starts the app on 127.0.0.1 (2 torch threads, as on a 2-vCPU Space), presses **Quick demo** on
+the Train tab, times it until the status line says Done, then reads the Compare tab's table at
+every level. Checks what the demo promises (the number of validation images, no trained
+compressed model below training-free ToMe at the target, the elastic models within 5 points of
+uncompressed LoRA at no compression) and exits non-zero when one fails. Screenshots of the Train
+and Compare tabs at desktop (1400 px) and phone (390 px) width go to <out>/screenshots/; the
+figures to <out>/results/quick_demo.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from benchmarks.charts import chromium_path  # noqa: E402
+from benchmarks.session_load import serve_app  # noqa: E402
+from pyra.bench import machine_info  # noqa: E402
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+LIMIT_S = 180.0  # the demo's promise on 2 CPU cores
+WIDTHS = {"desktop": 1400, "phone": 390}
+
+
+def table_at_level(page: Any, level: int) -> dict[str, dict[str, Any]]:
+    """Move the Compare slider to `level` (0-based) and read the table: method -> accuracy, interval, trained."""
+    from playwright.sync_api import expect
+
+    page.locator("#level-slider input[type=range]").fill(str(level))
+    expect(page.locator("#level-text")).to_contain_text(f"Level {level + 1} of", timeout=30_000)
+    time.sleep(1.0)  # the table follows the headline in the same update
+    rows = {}
+    for row in page.locator("#compare-table tbody tr").all():
+        cells = [(cell.inner_text().strip().splitlines() or [""])[0].strip() for cell in row.locator("td").all()]
+        match = re.match(r"([\d.]+)% \[([\d.]+)%-([\d.]+)%\]", cells[1]) if len(cells) > 2 else None
+        if match:
+            rows[cells[0]] = {"accuracy": float(match[1]), "low": float(match[2]), "high": float(match[3]),
+                              "trained_for_level": cells[2]}
+    return rows
+
+
+def screenshots(page: Any, out: Path, tab: str, name: str) -> list[str]:
+    paths = []
+    for width_name, width in WIDTHS.items():
+        page.set_viewport_size({"width": width, "height": 1000})
+        page.get_by_role("tab", name=tab).click()
+        time.sleep(1.5)
+        path = out / "screenshots" / f"{name}-{width_name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(path), full_page=True)
+        paths.append(str(path.relative_to(out)))
+    page.set_viewport_size({"width": WIDTHS["desktop"], "height": 1000})
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs", help="writes <out>/results and <out>/screenshots")
+    args = parser.parse_args(argv)
+    from playwright.sync_api import expect, sync_playwright
+
+    report: dict[str, Any] = {"command": "python benchmarks/quick_demo.py", "machine": machine_info(),
+                              "threads": 2, "failures": []}
+    with tempfile.TemporaryDirectory() as tmp, serve_app(Path(tmp), threads=2) as app, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium_path()), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": WIDTHS["desktop"], "height": 1000})
+        page.goto(app.url)
+        expect(page.get_by_text("PYRA Studio").first).to_be_visible(timeout=60_000)
+        page.get_by_role("tab", name="2. Train").click()
+        start = time.monotonic()
+        page.get_by_role("button", name="Quick demo").click()
+        expect(page.locator("#train-status")).to_contain_text("Done", timeout=900_000)
+        report["seconds"] = round(time.monotonic() - start, 1)
+        report["status"] = page.locator("#train-status").inner_text()
+        report["screenshots"] = screenshots(page, args.out, "2. Train", "train")
+        page.get_by_role("tab", name="3. Compare").click()
+        expect(page.locator("#level-text")).to_contain_text("Level", timeout=60_000)
+        levels = int(re.search(r"of (\d+)", page.locator("#level-text").inner_text())[1])
+        report["levels"] = [table_at_level(page, level) for level in range(levels)]
+        report["screenshots"] += screenshots(page, args.out, "3. Compare", "compare")
+        n_val = re.search(r"measured on (\d+) validation images", page.locator("body").inner_text())
+        report["validation_images"] = int(n_val[1]) if n_val else None
+        browser.close()
+    path = args.out / "results" / "quick_demo.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")  # kept even when a check below fails
+    check(report)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps({k: report[k] for k in ("seconds", "validation_images", "failures")}), file=sys.stderr)
+    return 1 if report["failures"] else 0
+
+
+def check(report: dict[str, Any]) -> None:
+    """What the demo promises, as failures (empty when every promise holds)."""
+    failures = report["failures"]
+    if report["seconds"] > LIMIT_S:
+        failures.append(f"took {report['seconds']} s, over {LIMIT_S:.0f} s")
+    if not report["validation_images"] or report["validation_images"] < 300:
+        failures.append(f"validated on {report['validation_images']} images, fewer than 300")
+    target, start = report["levels"][-1], report["levels"][0]
+    names = ("LoRA, uncompressed", "ToMe training-free", "ToMe + LoRA", "PYRA + LoRA")
+    missing = [name for name in names for level in (start, target) if name not in level]
+    if missing:
+        failures.append(f"the Compare table lacks rows {sorted(set(missing))}")
+        return
+    free = target["ToMe training-free"]["accuracy"]
+    for method in ("ToMe + LoRA", "PYRA + LoRA"):
+        if target[method]["accuracy"] < free:
+            failures.append(f"{method} {target[method]['accuracy']}% below training-free ToMe {free}% at the target")
+        gap = start["LoRA, uncompressed"]["accuracy"] - start[method]["accuracy"]
+        if abs(gap) > 5.0:
+            failures.append(f"{method} uncompressed is {gap:+.1f} points from uncompressed LoRA")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
