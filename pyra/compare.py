@@ -249,7 +249,8 @@ def run_compare(
     jobs = _jobs(config, levels)
     for job_index, (seed, name, level) in enumerate(jobs):
         key = model_key(name, seed, level, levels[-1].index, config.protocol)
-        run_dir = out_dir / f"seed{seed}" / key.partition("@")[0] / (key.partition(":")[2] or "target")
+        level_part = key.partition(":")[2]  # "" or "L<index>" (per-level protocol, below the target)
+        run_dir = out_dir / f"seed{seed}" / (key.partition("@")[0] + (f"-{level_part}" if level_part else ""))
         result = _train_one(data, config, name, seed, level, run_dir, job_index, len(jobs), report, cancel)
         run_dirs[key] = run_dir
         histories[key] = result.history + result.epochs  # steps, then per-epoch validation

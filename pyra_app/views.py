@@ -9,14 +9,12 @@ from __future__ import annotations
 import math
 import zipfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
 import plotly.graph_objects as go
 from PIL import Image
-
-from dataclasses import replace
 
 from pyra.compare import PROTOCOLS, CompareConfig
 from pyra.recipes import DEFAULT_RECIPE

@@ -130,8 +130,10 @@ def test_train_flags_override_the_recipe(image_folder, tmp_path):
 
 
 def test_eval_says_when_a_schedule_is_off_target(trained_run, image_folder, tmp_path):
-    run_dir, _ = trained_run
-    for schedule, off in (("1", False), ("0", False), ("2", False)):
+    run_dir, summary = trained_run
+    trained = summary["schedule"]
+    half = ",".join(str(r // 2) for r in trained)
+    for schedule, off in ((half, False), ("0", False), (",".join(map(str, trained)), False)):
         done = run_cli("eval", str(run_dir), "--data", str(image_folder), "--schedule", schedule, "--repeats", "0",
                        "--json")
         assert done.returncode == 0, done.stderr
@@ -139,7 +141,7 @@ def test_eval_says_when_a_schedule_is_off_target(trained_run, image_folder, tmp_
     fixed = tmp_path / "fixed"
     assert run_cli("train", "--data", str(image_folder), *TINY, "--method", "tome", "--schedule", "2",
                    "--no-elastic", "--out", str(fixed)).returncode == 0
-    done = run_cli("eval", str(fixed), "--data", str(image_folder), "--schedule", "1", "--repeats", "0")
+    done = run_cli("eval", str(fixed), "--data", str(image_folder), "--schedule", half, "--repeats", "0")
     assert done.returncode == 0 and "off-target" in done.stdout
     on = json.loads(run_cli("eval", str(fixed), "--data", str(image_folder), "--repeats", "0", "--json").stdout)
     assert on["off_target"] is False
