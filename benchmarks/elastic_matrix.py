@@ -100,12 +100,14 @@ class SeedRun:
                  f"{100 * result['accuracy']:.1f}%" + (f" ({seconds:.0f} s)" if seconds is not None else ""))
 
     def train(self, method: str, schedule: Any, elastic: str, name: str) -> tuple[nn.Module, float, dict]:
+        """Train one model; (model, training seconds with the head start, head_start_* fields)."""
         config = self.run_config(method, schedule, elastic)
         model, result, report = train_run(self.data, config, self.workdir / name, device="cpu")
         if report is None:
             raise RuntimeError(f"{name}: training ended with {result.status}: {result.message}")
-        head = result.head_start.to_dict() if result.head_start else None
-        return model, result.seconds, head or {}
+        head = {f"head_start_{key}": value for key, value in result.head_start.to_dict().items()} \
+            if result.head_start else {}
+        return model, result.seconds, head
 
     def accuracy(self, model: nn.Module, level: Level, method: str) -> dict[str, Any]:
         merge = method if any(level.schedule) else "none"

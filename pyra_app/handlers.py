@@ -38,10 +38,10 @@ log = logging.getLogger("pyra_app")
 UPDATE_EVERY_S = 0.5  # the training generator yields the status line at most this often
 CHART_EVERY_S = 2.0  # ... and the loss chart at most this often
 
-# The quick demo: the built-in Fashion-MNIST sample (20 train + 30 validation images per class), the shipped
+# The quick demo: the built-in Fashion-MNIST sample (10 train + 30 validation images per class), the shipped
 # DINOv2 ViT-S/14 at its CPU default of 112 px, the default recipe (head start, elastic sandwich training)
 # for QUICK_DEMO_TRAIN.epochs epochs, three levels. Its time on 2 CPU cores is in docs/RESULTS.md.
-QUICK_DEMO_DATA = {"sample": "fashion", "max_per_class": 50, "val_fraction": 0.6}
+QUICK_DEMO_DATA = {"sample": "fashion", "max_per_class": 40, "val_fraction": 0.75}
 QUICK_DEMO_TRAIN = views.TrainSettings(epochs=2, num_levels=3, bench_repeats=3)
 
 

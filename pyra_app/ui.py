@@ -100,7 +100,7 @@ def _train_tab(c: SimpleNamespace) -> None:
                         "uncompressed and the target (the uncompressed pass teaches the compressed ones), so one "
                         "model is trained for every position of the Compare tab's slider. Each model's head starts "
                         "from a logistic regression on the backbone's features. Then accuracy and speed are "
-                        "measured at every level. **Quick demo**: Fashion-MNIST sample (200 training and 300 "
+                        "measured at every level. **Quick demo**: Fashion-MNIST sample (100 training and 300 "
                         "validation images), default backbone, 2 epochs: about 3 minutes on 2 CPU cores.")
             with gr.Row():
                 c.quick_btn = gr.Button("Quick demo", variant="secondary")
