@@ -19,9 +19,7 @@ keeps what it finished; benchmarks/results_report.py turns them into docs/RESULT
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -35,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.matrix_runner import run_pairs  # noqa: E402
 from pyra.bench import SWEEP_LEVELS, machine_info  # noqa: E402
 from pyra.checkpoint import RunConfig  # noqa: E402
 from pyra.data import DatasetSplit, load_dataset  # noqa: E402
@@ -167,17 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "splits": {}, "cells": [],
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        for dataset in config.datasets:
-            for seed in config.seeds:
-                cells, split = run_seed(dataset, seed, config, Path(tmp) / f"{dataset}-{seed}", log)
-                report["cells"] += cells
-                report["splits"][f"{dataset}@{seed}"] = split
-                report["minutes"] = round((time.perf_counter() - start) / 60, 1)
-                path.write_text(json.dumps(report, indent=1) + "\n")
-    report["complete"] = True
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    log(f"wrote {path}")
+    pairs = [(dataset, seed) for dataset in config.datasets for seed in config.seeds]
+    run_pairs(pairs, lambda dataset, seed, workdir: run_seed(dataset, seed, config, workdir, log), report, path,
+              lambda: (time.perf_counter() - start) / 60, log)
     return 0
 
 

@@ -21,9 +21,7 @@ after every (dataset, seed); benchmarks/results_report.py renders docs/RESULTS.m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -37,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.matrix_runner import run_pairs  # noqa: E402
 from pyra.backbone import backbone_structure  # noqa: E402
 from pyra.bench import machine_info  # noqa: E402
 from pyra.checkpoint import build_model  # noqa: E402
@@ -181,17 +180,12 @@ def main(argv: list[str] | None = None) -> int:
                      "val_fraction": config.val_fraction, "max_per_class": config.datasets},
         "splits": {}, "cells": [],
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        for dataset, seed in pairs:
-            run = SeedRun(dataset, seed, config, Path(tmp) / f"{dataset}-{seed}", log)
-            report["cells"] += run.run()
-            report["splits"][f"{dataset}@{seed}"] = {"train": len(run.data.train), "val": len(run.data.val),
-                                                     "classes": list(run.data.classes)}
-            report["minutes"] = round((time.perf_counter() - start) / 60, 1)
-            path.write_text(json.dumps(report, indent=1) + "\n")
-    report["complete"] = True
-    path.write_text(json.dumps(report, indent=1) + "\n")
-    log(f"wrote {path}")
+    def run_pair(dataset: str, seed: int, workdir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        run = SeedRun(dataset, seed, config, workdir, log)
+        cells = run.run()
+        return cells, {"train": len(run.data.train), "val": len(run.data.val), "classes": list(run.data.classes)}
+
+    run_pairs(pairs, run_pair, report, path, lambda: (time.perf_counter() - start) / 60, log)
     return 0
 
 
