@@ -1,7 +1,7 @@
 """Choose the small-data learning rate and the head start's regularisation on tuning splits that no
 reported table uses.
 
-    python benchmarks/recipe_search.py                        # ~10 process-minutes
+    python benchmarks/recipe_search.py                        # ~30 min on one thread
     python benchmarks/recipe_search.py --quick --out /tmp/r   # random ViT-Tiny, one tiny sample (< 1 min)
 
 Part "lr": the default recipe (head start, batch 16, 10% warm-up, cosine, 3 epochs, no dropout)
