@@ -4,7 +4,7 @@ regression on the frozen model's pre-logit features before fine-tuning.
 With LoRA B = 0 at the start these are the backbone's own features, so fine-tuning begins at
 the linear-probe optimum instead of a random head.
 
-    result = fit_head(model, train_set, schedules=[[0] * 12, target])   # features at both levels
+    result = fit_head(model, train_set, [[0] * 12, target], inverse_l2=0.05)   # features at both levels
     result.train_accuracy, result.seconds
 """
 from __future__ import annotations
