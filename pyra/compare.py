@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
+from torch import nn
 
 from pyra.backbone import backbone_structure
 from pyra.checkpoint import RunConfig, load_run, write_atomic
@@ -310,8 +311,9 @@ def _sweep(data: DatasetSplit, config: CompareConfig, out_dir: Path, levels: lis
     np.savez_compressed(stored, **features)
     write_atomic(out_dir / FEATURES_FILE, stored.getvalue())
     rows, comparisons = [], {}
+    inference_models: dict[str, nn.Module] = {}  # key -> loaded once, LoRA merged, shared by every level it serves
     for level in levels:
-        speed = _measure_level(run_dirs, config.seeds[0], level, key_of, config)
+        speed = _measure_level(run_dirs, inference_models, config.seeds[0], level, key_of, config)
         for name in METHOD_LABELS:
             rows.append(_row(name, level, correct[level.index][name], speed, _gflops(name, level, geo), config))
         comparisons[level.index] = _comparisons(correct[level.index])
@@ -344,14 +346,11 @@ def _accuracies(data: DatasetSplit, config: CompareConfig, levels: list[Level], 
         for level, seed, name, method in uses:
             schedule = tuple(level.schedule) if name != "uncompressed" else (0,) * len(level.schedule)
             merge_method = method if any(schedule) else "none"
-            at_target = level is target and seed == first_seed
-            if (merge_method, schedule) not in cache:
+            if (merge_method, schedule) not in cache:  # features come from the same forward: keep the first seed's
                 cache[(merge_method, schedule)] = evaluate(model, val_set, data.classes, schedule=list(schedule),
-                                                           method=merge_method, with_features=at_target)
+                                                           method=merge_method, with_features=seed == first_seed)
             evaluation, predictions = cache[(merge_method, schedule)]
-            if at_target and predictions.features is None:  # cached without features: run it again with them
-                evaluation, predictions = cache[(merge_method, schedule)] = evaluate(
-                    model, val_set, data.classes, schedule=list(schedule), method=merge_method, with_features=True)
+            at_target = level is target and seed == first_seed
             correct[level.index].setdefault(name, {})[seed] = predictions.correct
             if at_target:
                 reports[name] = evaluation.to_dict()
@@ -378,12 +377,16 @@ def _gflops(name: str, level: Level, geo) -> float:
     return forward_flops(level.schedule, geo, "pyra" if name == "pyra" else "tome") / 1e9
 
 
-def _measure_level(run_dirs: dict[str, Path], seed: int, level: Level, key_of: Callable,
-                   config: CompareConfig) -> dict:
-    """Latency and throughput at `level` of the three trained models that give its rows (LoRA merged in)."""
+def _measure_level(run_dirs: dict[str, Path], loaded: dict[str, nn.Module], seed: int, level: Level,
+                   key_of: Callable, config: CompareConfig) -> dict:
+    """Latency and throughput at `level` of the three trained models that give its rows (LoRA merged in);
+    `loaded` keeps each model across levels."""
     chosen = {}
     for name, method in (("uncompressed", "none"), ("tome", "tome"), ("pyra", "pyra")):
-        model = merge_lora(load_run(run_dirs[key_of(name, seed, level)])[0].to(config.device))
+        key = key_of(name, seed, level)
+        if key not in loaded:
+            loaded[key] = merge_lora(load_run(run_dirs[key])[0].to(config.device))
+        model = loaded[key]
         schedule = level.schedule if name != "uncompressed" and any(level.schedule) else [0] * len(level.schedule)
         chosen[name] = set_schedule(model, schedule, method=method if any(schedule) else "none")
     img_size = chosen["pyra"].patch_embed.img_size[0]
