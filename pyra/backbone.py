@@ -203,7 +203,7 @@ def _from_hub(arch: str, kwargs: dict, pretrained: bool) -> VisionTransformer:
 
 def _from_file(arch: str, path: Path, kwargs: dict) -> VisionTransformer:
     if not path.is_file():
-        raise BackboneError(f"{path}: weights file not found")
+        raise BackboneError(f"{path.name}: weights file not found")
     model = _new_model(arch, kwargs)
     state = _read_state_dict(path)
     family = sys.modules[type(model).__module__]  # its converter resamples pos_embed, maps old formats
@@ -211,8 +211,8 @@ def _from_file(arch: str, path: Path, kwargs: dict) -> VisionTransformer:
     try:
         state = filter_fn(state, model)
     except Exception as error:  # the converter choked: the file is for another model family
-        raise BackboneError(f"{path}: these weights do not fit {arch} ({_reason(error)}); {_ARCH_HINT}") from error
-    _load_backbone(model, state, source=str(path))
+        raise BackboneError(f"{path.name}: these weights do not fit {arch} ({_reason(error)}); {_ARCH_HINT}") from error
+    _load_backbone(model, state, source=path.name)
     return model
 
 
@@ -227,7 +227,23 @@ def _new_model(arch: str, kwargs: dict, meta: bool = False) -> VisionTransformer
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
         raise BackboneError(f"{arch!r} is not a timm model name; try 'default'{f' or one of {close}' if close else ''}")
     with seeded(0), torch.device("meta" if meta else "cpu"):  # the same random init every time, in any thread
-        return _require_vit(timm.create_model(arch, pretrained=False, **kwargs), arch)
+        try:
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+        except TypeError as error:  # a non-ViT family refuses img_size and friends
+            if "unexpected keyword argument" not in str(error):
+                raise
+            model = timm.create_model(arch, pretrained=False, num_classes=kwargs.get("num_classes", 0))
+    vit = _require_vit(model, arch)
+    _check_img_size(vit, kwargs.get("img_size"))
+    return vit
+
+
+def _check_img_size(model: VisionTransformer, img_size: int | None) -> None:
+    """At least two patches a side (the position grid of one patch cannot be resampled)."""
+    smallest = 2 * model.patch_embed.patch_size[0]
+    if img_size is not None and img_size < smallest:
+        raise BackboneError(f"image size {img_size} px is too small for patches of {smallest // 2} px; "
+                            f"use at least {smallest} px (two patches a side)")
 
 
 def _require_vit(model: torch.nn.Module, arch: str) -> VisionTransformer:
@@ -278,9 +294,9 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as error:  # corrupt file, pickle with code, not a checkpoint at all
-        raise BackboneError(f"{path}: cannot read a state dict ({_reason(error)}); {fix}") from error
+        raise BackboneError(f"{path.name}: cannot read a state dict ({_reason(error)}); {fix}") from error
     if not state or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
-        raise BackboneError(f"{path}: is not a state dict of named tensors; {fix}")
+        raise BackboneError(f"{path.name}: is not a state dict of named tensors; {fix}")
     return dict(state)
 
 

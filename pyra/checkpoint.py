@@ -212,8 +212,11 @@ def adapter_state(model: nn.Module) -> dict[str, Tensor]:
 # ---------------------------------------------------------------- saving
 
 
-def save_run(run_dir: str | Path, model: nn.Module, config: RunConfig, metrics: Optional[dict] = None) -> RunConfig:
+def save_run(run_dir: str | Path, model: nn.Module, config: RunConfig, metrics: Optional[dict] = None,
+             make_parents: bool = True) -> RunConfig:
     """Write `adapter.safetensors`, `metrics.json`, then `config.json` (last: it marks a complete run).
+
+    `make_parents=False` creates `run_dir` only inside an existing parent (FileNotFoundError otherwise).
 
     `config.backbone_fingerprint` is taken from the model built by `build_model` when empty;
     a config whose fingerprint disagrees with the model's is refused. With `metrics=None` an
@@ -230,7 +233,7 @@ def save_run(run_dir: str | Path, model: nn.Module, config: RunConfig, metrics: 
         raise ValueError(f"the model has {model.num_classes} classes, the config {config.num_classes}; "
                          "save the config the model was built from")
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=make_parents, exist_ok=True)
     _remove_temp_files(run_dir, RUN_FILES)
     adapter = safetensors_bytes(adapter_state(model), metadata={"format": "pt", "pyra": _pyra_version()})
     files = {ADAPTER_FILE: adapter}

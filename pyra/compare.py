@@ -230,6 +230,19 @@ def _jobs(config: CompareConfig, levels: list[Level]) -> list[tuple[int, str, Le
     return jobs
 
 
+def _levels(data: DatasetSplit, config: CompareConfig) -> tuple[list[Level], VitGeometry]:
+    """The sweep's levels and the backbone geometry at the run's input size."""
+    target_config = _run_config(data, config, "pyra", config.seeds[0], config.schedule)
+    geo = geometry(backbone_structure(config.backbone, len(data.classes), target_config.img_size))
+    return sweep_levels(list(target_config.schedule), config.levels, geo), geo
+
+
+def planned_jobs(data: DatasetSplit, config: CompareConfig) -> tuple[list[tuple[int, str, Level]], int]:
+    """(the trainings `run_compare` will run, in order; the input size in px), without training anything."""
+    levels, _ = _levels(data, config)
+    return _jobs(config, levels), _run_config(data, config, "pyra", config.seeds[0], config.schedule).img_size
+
+
 def run_compare(
     data: DatasetSplit,
     config: CompareConfig,
@@ -240,18 +253,19 @@ def run_compare(
 ) -> CompareResult:
     """Train the models of every seed (see the protocols above), then sweep levels; results saved in out_dir."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)  # the only folder created with its parents: if out_dir is
+    # removed while the job runs (the app's session ended), later writes fail instead of re-creating it
     report = on_progress or (lambda progress: None)
-    target_config = _run_config(data, config, "pyra", config.seeds[0], config.schedule)
-    geo = geometry(backbone_structure(config.backbone, len(data.classes), target_config.img_size))
-    levels = sweep_levels(list(target_config.schedule), config.levels, geo)
+    levels, geo = _levels(data, config)
     run_dirs: dict[str, Path] = {}
     histories: dict[str, list[dict]] = {}
     jobs = _jobs(config, levels)
     for job_index, (seed, name, level) in enumerate(jobs):
         key = model_key(name, seed, level, levels[-1].index, config.protocol)
         level_part = key.partition(":")[2]  # "" or "L<index>" (per-level protocol, below the target)
-        run_dir = out_dir / f"seed{seed}" / (key.partition("@")[0] + (f"-{level_part}" if level_part else ""))
+        seed_dir = out_dir / f"seed{seed}"
+        seed_dir.mkdir(exist_ok=True)
+        run_dir = seed_dir / (key.partition("@")[0] + (f"-{level_part}" if level_part else ""))
         result = _train_one(data, config, name, seed, level, run_dir, job_index, len(jobs), report, cancel)
         run_dirs[key] = run_dir
         histories[key] = result.history + result.epochs  # steps, then per-epoch validation
@@ -298,7 +312,8 @@ def _train_one(data: DatasetSplit, config: CompareConfig, name: str, seed: int, 
             loss=progress.loss, val_accuracy=progress.val_accuracy,
         ))
 
-    _, result, _ = train_run(data, run_config, run_dir, on_progress=forward, cancel=cancel, device=config.device)
+    _, result, _ = train_run(data, run_config, run_dir, on_progress=forward, cancel=cancel, device=config.device,
+                             make_parents=False)
     return result
 
 

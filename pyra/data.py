@@ -28,11 +28,11 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from pyra.safe_zip import DataError, Limits, SkippedFile, extract_zip, ignored_reason
+from pyra.safe_zip import DataError, Limits, SkippedFile, WriteBudget, extract_zip, ignored_reason
 from pyra.samples import SampleArrays, SampleInfo, example_photos, list_samples, load_sample
 
 __all__ = [
-    "DataError", "DatasetSplit", "ImageDataset", "ImageRecord", "Limits", "SampleInfo", "SkippedFile",
+    "DataError", "DatasetSplit", "ImageDataset", "ImageRecord", "Limits", "SampleInfo", "SkippedFile", "read_image",
     "example_photos", "list_samples", "load_dataset", "make_transform", "to_rgb",
 ]
 
@@ -51,6 +51,17 @@ class ImageRecord:
     name: str                                   # relative path or sample id, for messages and the UI
     path: Path | None = None
     array: np.ndarray | None = field(default=None, compare=False, repr=False)  # [H, W] or [H, W, 3] uint8
+
+    def thumbnail(self, max_side: int) -> Image.Image:
+        """The image as RGB, at most `max_side` px a side (decoded at reduced size where the format allows)."""
+        if self.array is not None or self.path is None:
+            image = self.load()
+        else:
+            with Image.open(self.path) as opened:
+                opened.draft("RGB", (max_side, max_side))
+                image = to_rgb(opened)
+        image.thumbnail((max_side, max_side))
+        return image
 
     def load(self) -> Image.Image:
         """The image as RGB, EXIF orientation applied."""
@@ -149,6 +160,24 @@ def _image_problem(path: Path, max_pixels: int) -> str | None:
     except Exception as error:  # PIL raises many types for broken files; the file is skipped, not fatal
         return f"corrupt image: {type(error).__name__}: {error}"
     return None
+
+
+def read_image(path: Path, name: str, max_pixels: int, max_side: int | None = None) -> Image.Image:
+    """One untrusted image file as RGB (optionally shrunk to `max_side` px), checked like a zip's images.
+
+    `name` is how the user knows the file (messages never show `path`). DataError if it is not a
+    decodable image or has more than `max_pixels` pixels.
+    """
+    problem = _image_problem(Path(path), max_pixels)
+    if problem is not None:
+        raise DataError(f"{name}: {problem}. Use a PNG or JPEG image.")
+    with Image.open(path) as image:
+        if max_side is not None:
+            image.draft("RGB", (max_side, max_side))
+        rgb = to_rgb(image)
+    if max_side is not None:
+        rgb.thumbnail((max_side, max_side))
+    return rgb
 
 
 # ---------------------------------------------------------------- folders
@@ -336,7 +365,8 @@ def _from_sample(name: str, val_fraction: float, seed: int, max_per_class: int |
 # ---------------------------------------------------------------- entry point
 
 def load_dataset(source: str | Path, workdir: Path, *, val_fraction: float = 0.25, seed: int = 0,
-                 max_per_class: int | None = None, limits: Limits | None = None) -> DatasetSplit:
+                 max_per_class: int | None = None, limits: Limits | None = None,
+                 budget: WriteBudget | None = None) -> DatasetSplit:
     """Load, validate and split a labelled image set.
 
     Args:
@@ -347,6 +377,8 @@ def load_dataset(source: str | Path, workdir: Path, *, val_fraction: float = 0.2
         seed: fixes the split and any per-class cap; same seed, same files -> same split.
         max_per_class: use at most this many images per class (train + val), chosen by seed.
         limits: caps on untrusted input; default `Limits.from_env()` (``PYRA_MAX_*`` variables).
+        budget: at most this many bytes may be extracted from a zip (e.g. a session's disk budget).
+            Files of a zip that are not used (skipped, or beyond `max_per_class`) are deleted at once.
 
     Raises:
         DataError: the data cannot be used; the message names the file and the fix.
@@ -355,12 +387,13 @@ def load_dataset(source: str | Path, workdir: Path, *, val_fraction: float = 0.2
         raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     if max_per_class is not None and max_per_class < 2:
         raise DataError(f"max_per_class must be at least 2 (one train + one val image), got {max_per_class}")
-    split = _load_split(str(source), Path(workdir), val_fraction, seed, max_per_class, limits or Limits.from_env())
+    split = _load_split(str(source), Path(workdir), val_fraction, seed, max_per_class, limits or Limits.from_env(),
+                        budget)
     return replace(split, split_seed=seed, val_fraction=val_fraction, max_per_class=max_per_class)
 
 
 def _load_split(text: str, workdir: Path, val_fraction: float, seed: int, max_per_class: int | None,
-                limits: Limits) -> DatasetSplit:
+                limits: Limits, budget: WriteBudget | None) -> DatasetSplit:
     if text.startswith(SAMPLE_PREFIX):
         return _from_sample(text[len(SAMPLE_PREFIX):], val_fraction, seed, max_per_class)
     path = Path(text)
@@ -369,12 +402,24 @@ def _load_split(text: str, workdir: Path, val_fraction: float, seed: int, max_pe
     if not path.exists():
         raise DataError(f"{text}: not found. Give a .zip file, a folder with one sub-folder per class, "
                         f"or one of {[SAMPLE_PREFIX + s.name for s in list_samples()]}.")
-    root, skipped = extract_zip(path, workdir, limits)
+    root, skipped = extract_zip(path, workdir, limits, budget)
     try:
-        return _from_folder(root, path.name, skipped, val_fraction, seed, max_per_class, limits)
+        split = _from_folder(root, path.name, skipped, val_fraction, seed, max_per_class, limits)
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)  # a refused upload leaves nothing behind
         raise
+    _keep_only(root, split.train + split.val)
+    return split
+
+
+def _keep_only(root: Path, records: Sequence[ImageRecord]) -> None:
+    """Delete every file under `root` that is not one of `records` (skipped or unused files)."""
+    used = {Path(record.path) for record in records}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            if path not in used:
+                path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- torch side

@@ -59,9 +59,10 @@ def train_run(
     on_progress: Optional[Callable[[Progress], None]] = None,
     cancel: Optional[threading.Event] = None,
     device: Optional[str] = None,
+    make_parents: bool = True,
 ) -> tuple[nn.Module, TrainResult, Optional[ClassificationReport]]:
     """Build, train (on `device`, default: the GPU when there is one), evaluate on the
-    validation split and save into `run_dir`.
+    validation split and save into `run_dir` (`make_parents=False`: its parent must still exist).
 
     The recorded accuracy is computed exactly as `evaluate_run` recomputes it.
     """
@@ -76,7 +77,7 @@ def train_run(
     if result.status == "completed":
         report, _ = evaluate(model, model_dataset(model, data.val), data.classes)
         metrics["validation"] = report.to_dict()
-    save_run(run_dir, model, config, metrics)
+    save_run(run_dir, model, config, metrics, make_parents=make_parents)
     return model, result, report
 
 

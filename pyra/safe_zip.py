@@ -15,8 +15,9 @@ limit                       default             environment variable         whe
 upload size (zip file)      200 MB              PYRA_MAX_UPLOAD_MB           before the zip is opened
 entries in the zip          20,000              PYRA_MAX_ZIP_ENTRIES         before extraction
 total uncompressed size     1024 MB             PYRA_MAX_UNZIPPED_MB         before and during extraction
-compression ratio / entry   200:1 (entries      PYRA_MAX_COMPRESSION_RATIO   before extraction (zip bombs)
-                            over 1 MB only)
+compression ratio           200:1 per entry     PYRA_MAX_COMPRESSION_RATIO   before extraction (zip bombs)
+                            over 1 MB, and for
+                            the whole archive
 pixels per image            40,000,000          PYRA_MAX_IMAGE_PIXELS        per image, before decoding;
                                                                              larger images are skipped
 images per class            5,000               PYRA_MAX_IMAGES_PER_CLASS    before any image is opened
@@ -27,11 +28,16 @@ classes                     100                 PYRA_MAX_CLASSES             bef
 ==========================  ==================  ===========================  =============================
 
 Pillow refuses images over ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (about 179 million pixels)
-whatever PYRA_MAX_IMAGE_PIXELS says.
+whatever PYRA_MAX_IMAGE_PIXELS says. A caller may also pass a `WriteBudget` (e.g. what is left
+of a session's disk budget): extraction then refuses, before and while writing, anything that
+would write more than it allows.
+
+Messages name files as the archive names them, never by their path on this machine.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -47,11 +53,11 @@ from pyra.disk import is_disk_full
 DEFAULT_MAX_UPLOAD_MB = 200            # size of the uploaded zip file itself
 DEFAULT_MAX_ZIP_ENTRIES = 20_000        # files + folders in one archive
 DEFAULT_MAX_UNZIPPED_MB = 1024          # total uncompressed size
-DEFAULT_MAX_COMPRESSION_RATIO = 200     # uncompressed / compressed, per entry (JPEG / PNG stay below 2)
+DEFAULT_MAX_COMPRESSION_RATIO = 200     # uncompressed / compressed, per entry and in total (JPEG / PNG stay below 2)
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000   # width * height of one image
 DEFAULT_MAX_IMAGES_PER_CLASS = 5_000    # files in one class folder
 DEFAULT_MAX_CLASSES = 100               # class folders
-RATIO_CHECK_MIN_BYTES = 2**20           # smaller entries are never refused for their ratio
+RATIO_CHECK_MIN_BYTES = 2**20           # smaller entries (and archives) are never refused for their ratio
 _CHUNK_BYTES = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -84,6 +90,15 @@ class Limits:
             max_images_per_class=_env_int("PYRA_MAX_IMAGES_PER_CLASS", DEFAULT_MAX_IMAGES_PER_CLASS),
             max_classes=_env_int("PYRA_MAX_CLASSES", DEFAULT_MAX_CLASSES),
         )
+
+
+@dataclass(frozen=True)
+class WriteBudget:
+    """At most `bytes` may be written; the refusal names `what` and the `variable` that raises it."""
+
+    bytes: int
+    what: str  # e.g. "this session's disk budget (120.0 MB left of 500.0 MB)"
+    variable: str  # e.g. "PYRA_SESSION_DISK_MB"
 
 
 @dataclass(frozen=True)
@@ -151,7 +166,8 @@ def _entry_parts(info: zipfile.ZipInfo, archive: str) -> tuple[str, ...]:
     return parts
 
 
-def _check_archive(zf: zipfile.ZipFile, archive: str, limits: Limits) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
+def _check_archive(zf: zipfile.ZipFile, archive: str, limits: Limits,
+                   budget: WriteBudget | None) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
     """Validate every entry before extracting anything; returns (entry, parts) pairs."""
     infos = zf.infolist()
     if len(infos) > limits.max_zip_entries:
@@ -167,6 +183,18 @@ def _check_archive(zf: zipfile.ZipFile, archive: str, limits: Limits) -> list[tu
             f"{archive}: {size_text(total)} uncompressed, more than the limit of "
             f"{size_text(limits.max_unzipped_bytes)}. Use fewer or smaller images "
             "(or raise PYRA_MAX_UNZIPPED_MB)."
+        )
+    if budget is not None and total > budget.bytes:
+        raise DataError(
+            f"{archive}: {size_text(total)} uncompressed, more than {budget.what}. Use fewer or smaller "
+            f"images (or raise {budget.variable})."
+        )
+    packed = sum(info.compress_size for info in infos)
+    if total > RATIO_CHECK_MIN_BYTES and total > limits.max_compression_ratio * max(packed, 1):
+        raise DataError(
+            f"{archive}: its entries expand {total / max(packed, 1):.0f}:1 in total ({size_text(packed)} -> "
+            f"{size_text(total)}), more than the limit of {limits.max_compression_ratio}:1; this looks like a "
+            "zip bomb. Zip ordinary image files (JPEG, PNG) (or raise PYRA_MAX_COMPRESSION_RATIO)."
         )
     return [(info, _entry_parts(info, archive)) for info in infos]
 
@@ -185,7 +213,7 @@ def _check_ratio(info: zipfile.ZipInfo, archive: str, limits: Limits) -> None:
         )
 
 
-def _copy_capped(src, dst, budget: int, archive: str, name: str) -> int:
+def _copy_capped(src, dst, budget: int, archive: str, name: str, variable: str) -> int:
     """Copy a stream in chunks; returns bytes written, raises once `budget` is exceeded."""
     written = 0
     while chunk := src.read(_CHUNK_BYTES):
@@ -193,21 +221,22 @@ def _copy_capped(src, dst, budget: int, archive: str, name: str) -> int:
         if written > budget:
             raise DataError(
                 f"{archive}: {name!r} expands beyond the size limit (the zip's sizes are wrong). "
-                "Re-create the zip (or raise PYRA_MAX_UNZIPPED_MB)."
+                f"Re-create the zip (or raise {variable})."
             )
         dst.write(chunk)
     return written
 
 
-def extract_zip(zip_path: Path, workdir: Path, limits: Limits) -> tuple[Path, list[SkippedFile]]:
+def extract_zip(zip_path: Path, workdir: Path, limits: Limits,
+                budget: WriteBudget | None = None) -> tuple[Path, list[SkippedFile]]:
     """Extract `zip_path` into a new folder inside `workdir`; returns (folder, skipped files).
 
     Nothing is written unless every entry passes the checks; on any error the new
-    folder is removed again.
+    folder is removed again. At most `budget.bytes` are written when a budget is given.
     """
     archive = zip_path.name
     if not zip_path.is_file():
-        raise DataError(f"{zip_path}: file not found. Check the path.")
+        raise DataError(f"{archive}: file not found. Check the path.")
     upload_bytes = zip_path.stat().st_size
     if upload_bytes > limits.max_upload_bytes:
         raise DataError(
@@ -221,28 +250,35 @@ def extract_zip(zip_path: Path, workdir: Path, limits: Limits) -> tuple[Path, li
     root: Path | None = None
     try:
         with zipfile.ZipFile(zip_path) as zf:
-            entries = _check_archive(zf, archive, limits)
+            entries = _check_archive(zf, archive, limits, budget)
             root = Path(tempfile.mkdtemp(prefix="dataset-", dir=workdir)).resolve()
-            return root, _extract_entries(zf, entries, root, archive, limits)
+            return root, _extract_entries(zf, entries, root, archive, limits, budget)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
         _remove(root)
         raise DataError(f"{archive}: corrupt or truncated zip ({error}). Re-create and upload it again.") from None
     except OSError as error:
         _remove(root)
         if is_disk_full(error):
-            raise DataError(f"{archive}: not enough disk space to extract it into {workdir} ({error.strerror}). "
+            raise DataError(f"{archive}: not enough disk space to extract it ({error.strerror}). "
                             "Free some space on that disk, or upload fewer or smaller images.") from None
-        raise DataError(f"{archive}: could not extract ({error}). Check the zip's folder structure.") from None
+        raise DataError(f"{archive}: could not extract ({error.strerror or type(error).__name__}). "
+                        "Check the zip's folder structure.") from None
     except BaseException:
         _remove(root)
         raise
 
 
 def _extract_entries(zf: zipfile.ZipFile, entries: list[tuple[zipfile.ZipInfo, tuple[str, ...]]],
-                     root: Path, archive: str, limits: Limits) -> list[SkippedFile]:
-    """Write checked entries under `root`; returns the entries deliberately left out."""
+                     root: Path, archive: str, limits: Limits, budget: WriteBudget | None) -> list[SkippedFile]:
+    """Write checked entries under `root`; returns the entries deliberately left out.
+
+    An entry that cannot be written (a name too long for the file system, a file where the zip
+    also has a folder) is refused by its name in the archive.
+    """
     skipped: list[SkippedFile] = []
-    budget = limits.max_unzipped_bytes
+    left, variable = limits.max_unzipped_bytes, "PYRA_MAX_UNZIPPED_MB"
+    if budget is not None and budget.bytes < left:
+        left, variable = budget.bytes, budget.variable
     for info, parts in entries:
         if not parts:
             continue
@@ -254,14 +290,29 @@ def _extract_entries(zf: zipfile.ZipFile, entries: list[tuple[zipfile.ZipInfo, t
                 skipped.append(SkippedFile("/".join(parts), reason))
             continue
         target = root.joinpath(*parts)
-        assert target.resolve().is_relative_to(root), target  # guaranteed by _entry_parts
-        if info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with zf.open(info) as src, open(target, "wb") as dst:
-            budget -= _copy_capped(src, dst, budget, archive, info.filename)
+        assert target.resolve().is_relative_to(root), info.filename  # guaranteed by _entry_parts
+        try:
+            if info.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as dst:
+                left -= _copy_capped(src, dst, left, archive, info.filename, variable)
+        except OSError as error:
+            if is_disk_full(error):
+                raise
+            raise DataError(f"{archive}: entry {info.filename!r} cannot be extracted "
+                            f"({error.strerror or type(error).__name__}): {_write_hint(error)}") from None
     return skipped
+
+
+def _write_hint(error: OSError) -> str:
+    """How to fix an entry the file system refused."""
+    if error.errno == errno.ENAMETOOLONG:
+        return "shorten its file or folder names (at most 255 bytes each) and zip again."
+    if error.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+        return "the zip has a file and a folder of the same name; rename one and zip again."
+    return "re-create the zip from the folder itself and upload it again."
 
 
 def _remove(folder: Path | None) -> None:

@@ -32,10 +32,11 @@ from pyra.patch import set_schedule
 from pyra.predict import model_device, predict
 from pyra.rng import RNG_LOCK
 
-__all__ = ["TrainConfig", "Progress", "TrainResult", "lr_at", "build_optimizer", "train"]
+__all__ = ["MAX_SEED", "TrainConfig", "Progress", "TrainResult", "lr_at", "build_optimizer", "train"]
 
 TrainStatus = Literal["completed", "cancelled", "diverged"]
 GROUP_NAMES = ("lora_head_decay", "lora_head_no_decay", "pyra")
+MAX_SEED = 2**32 - 1  # the largest seed every random generator used here accepts
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class TrainConfig:
              f"label_smoothing must be in [0, 1) (0 = plain cross-entropy), got {self.label_smoothing!r}"),
             (self.grad_clip is None or _positive(self.grad_clip),
              f"grad_clip must be > 0, or None to turn clipping off; got {self.grad_clip!r}"),
-            (_is_int(self.seed), f"seed must be a whole number, got {self.seed!r}"),
+            (_is_int(self.seed) and 0 <= self.seed <= MAX_SEED,
+             f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}"),
             (isinstance(self.head_start, bool), f"head_start must be True or False, got {self.head_start!r}"),
             (_positive(self.head_start_c), f"head_start_c must be a finite number > 0, got {self.head_start_c!r}"),
         ]

@@ -23,20 +23,27 @@ from PIL import Image
 
 from pyra.checkpoint import DiskFullError
 from pyra.compare import run_compare
-from pyra.data import load_dataset
+from pyra.data import Limits, load_dataset, read_image
 from pyra.disk import is_disk_full
 from pyra.explain import inspect_layer, token_maps
+from pyra.plan import plan_compare
+from pyra.safe_zip import size_text
 from pyra.samples import example_photos
 from pyra.vis import (
     accuracy_vs_throughput, confusion_matrix_figure, per_class_accuracy_figure, training_curves, tsne_figure,
 )
 from pyra_app import views
-from pyra_app.session import Session, end_session_by_hash, open_session, work_root
+from pyra_app.budget import Budget, folder_bytes
+from pyra_app.messages import public_text
+from pyra_app.session import Session, end_session_by_hash, open_session, sweep_now_and_then, touch, work_root
+from pyra_app.uploads import discard_upload, upload_name
 
 log = logging.getLogger("pyra_app")
 
 UPDATE_EVERY_S = 0.5  # the training generator yields the status line at most this often
 CHART_EVERY_S = 2.0  # ... and the loss chart at most this often
+JOB_CHECK_EVERY_S = 5.0  # a running job's disk use is measured (and its session touched) at most this often
+INPUT_IMAGE_SIDE = 1024  # px: an image sent to token maps / inspect is shrunk to this before use
 
 # The quick demo: the built-in Fashion-MNIST sample (10 train + 30 validation images per class), the shipped
 # DINOv2 ViT-S/14 at its CPU default of 112 px, the default recipe (head start, elastic sandwich training)
@@ -59,20 +66,26 @@ def friendly_errors(handler: Callable) -> Callable:
         except gr.Error:
             raise
         except (ValueError, UserError) as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            raise gr.Error(public_text(str(error)), print_exception=False) from None
         except Exception as error:  # a bug or an environment problem: keep the traceback in the log
             if is_disk_full(error):
                 raise gr.Error(disk_full_message(error), print_exception=False) from None
             log.exception("handler %s failed", handler.__name__)
-            raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}. Details are in the server log.",
-                           print_exception=False) from None
+            raise gr.Error(unexpected_message(error), print_exception=False) from None
 
     return wrapper
 
 
+def unexpected_message(error: BaseException) -> str:
+    return public_text(f"Unexpected error ({type(error).__name__}): {error}. Details are in the server log.")
+
+
 def session_for(session: Optional[Session], request: Optional[gr.Request]) -> Session:
-    """The caller's session, with its work directory created on first use."""
-    return open_session(session, getattr(request, "session_hash", None))
+    """The caller's session, with its work directory created on first use; idle sessions are swept."""
+    sweep_now_and_then(Budget.from_env().idle_seconds)
+    session = open_session(session, getattr(request, "session_hash", None))
+    touch(session)
+    return session
 
 
 def end_of_session(request: gr.Request) -> None:
@@ -88,7 +101,7 @@ def _require_result(session: Optional[Session]) -> Any:
 
 def _level_index(result: Any, level: Any) -> int:
     """A slider value as a valid level index of `result`."""
-    return min(max(int(round(float(level or 0))), 0), len(result.levels) - 1)
+    return views.slider_index(level or 0, 0, len(result.levels) - 1, "compression level")
 
 
 def _require_idle(session: Session) -> None:
@@ -119,12 +132,17 @@ def validation_image_updates(session: Session, pickers: int = 2) -> tuple:
     return tuple(gr.Dropdown(choices=choices, value=None) for _ in range(pickers))
 
 
-def _load(session: Optional[Session], source: str | Path, max_per_class: Any, val_fraction: float,
+def _load(session: Optional[Session], source: str | Path, max_per_class: Any, val_fraction: Any,
           request: Optional[gr.Request]) -> tuple:
     session = session_for(session, request)
     _require_idle(session)
-    cap = int(max_per_class) if max_per_class else None
-    session.data = load_dataset(source, session.data_dir(), val_fraction=float(val_fraction), max_per_class=cap)
+    cap, fraction = views.data_settings(max_per_class, val_fraction)
+    session.data = None  # the old dataset's files go now; a refused upload leaves no dataset behind
+    folder = session.data_dir()
+    budget = Budget.from_env()
+    budget.check_disk(session.workdir, work_root())
+    session.data = load_dataset(source, folder, val_fraction=fraction, max_per_class=cap,
+                                budget=budget.write_budget(session.workdir, work_root()))
     return _data_outputs(session)
 
 
@@ -132,7 +150,7 @@ def _load(session: Optional[Session], source: str | Path, max_per_class: Any, va
 def load_sample(session: Optional[Session], sample: str, max_per_class: Any, val_fraction: float,
                 request: gr.Request) -> tuple:
     """Load a built-in sample ("sample:NAME") into the session."""
-    if not sample:
+    if not sample or not isinstance(sample, str):
         raise UserError("Choose a sample first.")
     return _load(session, f"sample:{sample}", max_per_class, val_fraction, request)
 
@@ -141,20 +159,48 @@ def load_sample(session: Optional[Session], sample: str, max_per_class: Any, val
 def load_zip(session: Optional[Session], zip_path: Optional[str], max_per_class: Any, val_fraction: float,
              request: gr.Request) -> tuple:
     """Load an uploaded zip (one folder of images per class) into the session."""
-    if not zip_path:
+    if not zip_path or not isinstance(zip_path, str):
         raise UserError("Upload a .zip file with one folder of images per class.")
-    return _load(session, Path(zip_path), max_per_class, val_fraction, request)
+    try:
+        return _load(session, Path(zip_path), max_per_class, val_fraction, request)
+    finally:  # extracted or refused: the upload itself is not needed any more
+        discard_upload(zip_path)
 
 
 # ---------------------------------------------------------------- train tab
 
-def _run_compare_in_thread(session: Session, config: Any, out_dir: Path, events: queue.Queue) -> threading.Thread:
-    """Start `pyra.compare.run_compare` in a worker thread; progress and the outcome go to `events`."""
+def _run_compare_in_thread(session: Session, config: Any, out_dir: Path, events: queue.Queue,
+                           budget: Budget) -> threading.Thread:
+    """Start `pyra.compare.run_compare` in a worker thread; progress and the outcome go to `events`.
+
+    The job stops (as if Stop were pressed) when the session ends, when it has run for
+    `budget.job_seconds`, or when the session's files outgrow its disk budget; `events` then
+    gets ("limit", message) first.
+    """
     data, cancel = session.data, session.cancel
+    deadline = time.monotonic() + budget.job_seconds
+    checked = [0.0]
+
+    def stop_for(message: str) -> None:
+        if not cancel.is_set():
+            events.put(("limit", message))
+        cancel.set()
 
     def on_progress(progress: Any) -> None:
+        now = time.monotonic()
         if not session.alive:  # the session ended (tab closed, directory removed): stop the job
             cancel.set()
+        elif now > deadline:
+            stop_for(f"the job reached its time limit of {budget.job_seconds / 60:g} min, so training stopped "
+                     "(shared server: use fewer epochs, seeds or images, or raise PYRA_JOB_MINUTES)")
+        elif now - checked[0] > JOB_CHECK_EVERY_S:
+            checked[0] = now
+            touch(session)
+            used = folder_bytes(session.workdir)
+            if used > budget.session_disk_bytes:
+                stop_for(f"this session's files reached {size_text(used)}, more than its disk budget of "
+                         f"{size_text(budget.session_disk_bytes)}, so training stopped "
+                         "(or raise PYRA_SESSION_DISK_MB)")
         events.put(("progress", progress))
 
     def work() -> None:
@@ -177,18 +223,22 @@ def train(session: Optional[Session], backbone: str, weights: Optional[str], img
     session's cancel event, which the engine checks every step.
     """
     session = session_for(session, request)
+    budget = Budget.from_env()
     try:
         _require_idle(session)
-        _require_data(session)
+        data = _require_data(session)
         settings = views.train_settings(backbone, weights, img_size, lora_rank, epochs, batch_size, lr,
-                                        pyra_lr, schedule, seeds, num_levels, bench_repeats, protocol)
+                                        pyra_lr, schedule, seeds, num_levels, bench_repeats, protocol, budget)
+        if settings.weights:
+            budget.check_weights(Path(settings.weights))
         config = views.compare_config(settings)
+        budget.check_plan(plan_compare(data, config))
+        budget.check_disk(session.workdir, work_root())
     except (ValueError, UserError) as error:
-        raise gr.Error(str(error), print_exception=False) from None
+        raise gr.Error(public_text(str(error)), print_exception=False) from None
     except Exception as error:  # a bug or a broken install: keep the traceback in the log
         log.exception("could not prepare the comparison")
-        raise gr.Error(f"Unexpected error ({type(error).__name__}): {error}. Details are in the server log.",
-                       print_exception=False) from None
+        raise gr.Error(unexpected_message(error), print_exception=False) from None
 
     session.cancel.clear()
     events: queue.Queue = queue.Queue()
@@ -197,8 +247,9 @@ def train(session: Optional[Session], backbone: str, weights: Optional[str], img
     losses: list[dict] = []
     status = "**Starting**: building the models..."
     yield session, status, None
-    thread = session.job = _run_compare_in_thread(session, config, out_dir, events)
+    thread = session.job = _run_compare_in_thread(session, config, out_dir, events, budget)
     outcome: Optional[tuple[str, Any]] = None
+    limit: Optional[str] = None  # why the job was stopped by a limit
     last_yield = last_chart = 0.0
     charted = 0  # loss points already drawn
     try:
@@ -211,6 +262,8 @@ def train(session: Optional[Session], backbone: str, weights: Optional[str], img
                 status = views.progress_status(payload, time.monotonic() - start)
                 if payload.loss is not None and payload.step is not None and payload.stage.startswith("train"):
                     losses.append({"step": payload.step, "loss": payload.loss, "run": payload.stage})
+            elif kind == "limit":
+                limit = payload
             elif kind in ("result", "error"):
                 outcome = (kind, payload)
                 break
@@ -234,23 +287,25 @@ def train(session: Optional[Session], backbone: str, weights: Optional[str], img
     if payload.status == "completed":
         session.result = payload
     elif payload.status != "cancelled":
-        gr.Warning(f"Training {payload.status}: {payload.message}")
-    yield session, views.result_status(payload, time.monotonic() - start), chart
+        gr.Warning(public_text(f"Training {payload.status}: {payload.message}"))
+    status = views.result_status(payload, time.monotonic() - start)
+    yield session, f"**Stopped**: {limit}." if limit else status, chart
 
 
 def disk_full_message(error: OSError) -> str:
-    """What a full disk means here: the file (when the engine names it) and where the app writes."""
+    """What a full disk means here (the file, when the engine names it), without the server's paths."""
     what = str(error) if isinstance(error, DiskFullError) else f"not enough disk space ({error.strerror})."
-    return f"{what} The app keeps its session files under {work_root()} (set PYRA_WORK_ROOT to change it)."
+    return public_text(f"{what} The server's disk for session files is full: try again later "
+                       "(whoever runs the app can set PYRA_WORK_ROOT to a larger disk).")
 
 
 def _failure_message(error: Exception) -> str:
     if isinstance(error, ValueError):  # the engine's input errors are written for users
-        return str(error)
+        return public_text(str(error))
     if is_disk_full(error):
         return disk_full_message(error)
     log.error("comparison failed", exc_info=error)
-    return f"unexpected {type(error).__name__}: {error}. Details are in the server log."
+    return public_text(f"unexpected {type(error).__name__}: {error}. Details are in the server log.")
 
 
 @friendly_errors
@@ -338,12 +393,28 @@ def show_results(session: Optional[Session]) -> tuple:
 def pick_validation_image(session: Optional[Session], index: Any) -> Optional[Image.Image]:
     if session is None or session.data is None or index is None or index == "":
         return None
-    return session.data.val[int(index)].load()
+    position = views.choice_index(index, len(session.data.val), "validation image")
+    return session.data.val[position].thumbnail(views.PICKED_IMAGE_SIDE)
+
+
+def _input_image(path: Any) -> Image.Image:
+    """The image a visitor sent to token maps / inspect, checked like a zip's images, at most 1024 px a side."""
+    if not path:
+        raise UserError("Pick a validation image or an example photo, or upload an image.")
+    if not isinstance(path, str) or not Path(path).is_file():
+        raise UserError("Image: send the image as an uploaded file (PNG or JPEG).")
+    budget, name = Budget.from_env(), upload_name(path)
+    try:
+        budget.check_image_file(Path(path), name)
+        return read_image(Path(path), name, Limits.from_env().max_image_pixels, max_side=INPUT_IMAGE_SIDE)
+    except ValueError:
+        discard_upload(path)  # refused: it must not keep its disk space
+        raise
 
 
 @friendly_errors
-def pick_example_photo(name: Optional[str]) -> Optional[Image.Image]:
-    return example_photos().get(name) if name else None
+def pick_example_photo(name: Any) -> Optional[Image.Image]:
+    return example_photos().get(name) if isinstance(name, str) and name else None
 
 
 def _level_schedule(result: Any, level: Any) -> list[int]:
@@ -364,11 +435,10 @@ def _tokens_table(tokens: list[int], schedule: list[int]) -> pd.DataFrame:
 
 
 @friendly_errors
-def show_token_maps(session: Optional[Session], image: Optional[Image.Image], level: Any, layer: Any) -> tuple:
+def show_token_maps(session: Optional[Session], image: Optional[str], level: Any, layer: Any) -> tuple:
     """ToMe + LoRA and PYRA + LoRA merged-token maps of `image` at one level (both runs, first seed)."""
     result = _require_result(session)
-    if image is None:
-        raise UserError("Pick a validation image or an example photo, or upload an image.")
+    image = _input_image(image)
     schedule = _level_schedule(result, level)
     maps = {method: token_maps(_run_dir(result, method, level), image, schedule=schedule, method=method)
             for method in ("tome", "pyra")}
@@ -387,23 +457,23 @@ def show_layer_maps(maps: Optional[dict], layer: Any) -> tuple:
     images = []
     for method in ("tome", "pyra"):
         layers = getattr(maps[method], "layers", None)
-        images.append(layers[min(max(int(layer or 1), 1), len(layers)) - 1] if layers else None)
+        images.append(layers[views.slider_index(layer or 1, 1, len(layers), "layer") - 1] if layers else None)
     return tuple(images)
 
 
 @friendly_errors
-def inspect(session: Optional[Session], image: Optional[Image.Image], method_label: str, level: Any,
+def inspect(session: Optional[Session], image: Optional[str], method_label: Any, level: Any,
             layer: Any) -> tuple:
     """Inside one layer: sets A/B, chosen merges, PYRA gates, and the formulas."""
     result = _require_result(session)
-    if image is None:
-        raise UserError("Pick a validation image or an example photo, or upload an image.")
-    method = "pyra" if "PYRA" in (method_label or "PYRA") else "tome"
+    image = _input_image(image)
+    method = "pyra" if "PYRA" in str(method_label or "PYRA") else "tome"
     schedule = _level_schedule(result, level)
-    view = inspect_layer(_run_dir(result, method, level), image, int(layer or 1) - 1, schedule=schedule,
+    layer = views.slider_index(layer or 1, 1, len(schedule), "layer")
+    view = inspect_layer(_run_dir(result, method, level), image, layer - 1, schedule=schedule,
                          method=method)
     pairs = pd.DataFrame(view.pairs, columns=["source_token", "destination_token", "similarity", "token_gate"])
-    summary = (f"**Layer {int(layer or 1)}**: {view.tokens_in} tokens in, {view.r} merged "
+    summary = (f"**Layer {layer}**: {view.tokens_in} tokens in, {view.r} merged "
                f"({views.METHOD_LABELS[method]}).")
     if view.gate_histogram is None and method == "pyra" and view.r:
         summary += " No gate values were recorded for this layer."
@@ -416,7 +486,7 @@ def inspect(session: Optional[Session], image: Optional[Image.Image], method_lab
 def insights(session: Optional[Session], run_key: Optional[str]) -> tuple:
     """Training curve of one run, confusion matrix of its method, per-class accuracy of all methods."""
     result = session.result if session is not None else None
-    if result is None or not run_key:
+    if result is None or not run_key or not isinstance(run_key, str):
         return None, None, None, "No comparison yet."
     method = run_key.partition("@")[0]
     label = views.METHOD_LABELS.get(method, method)
@@ -474,7 +544,7 @@ def export_files(session: Optional[Session]) -> tuple:
 def export_run(session: Optional[Session], run_key: Optional[str]) -> tuple:
     """Zip one run's adapter (config.json + adapter.safetensors + metrics.json) for download."""
     result = _require_result(session)
-    if not run_key or run_key not in result.run_dirs:
+    if not isinstance(run_key, str) or run_key not in result.run_dirs:
         raise UserError("Choose a run to export.")
     name = f"pyra-{run_key.replace('@', '-seed').replace(':', '-')}.zip"
     path = views.export_run_zip(Path(result.run_dirs[run_key]), session.workdir / "exports" / name)

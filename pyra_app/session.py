@@ -1,11 +1,12 @@
 """Per-browser-session work directories.
 
 Every browser session owns one directory under a work root (env ``PYRA_WORK_ROOT``, default
-``<tmp>/pyra-studio``). It is created on first use, removed when the session ends (Gradio's
-unload event, or the State's delete callback) and swept at start when a crashed server left
-it behind. A `Session` object lives in the session's ``gr.State``: it holds the directory,
-the loaded dataset, the latest comparison and the Stop event of a running job; nothing here
-is a module-level global.
+``<tmp>/pyra-studio``). It is created on first use and removed when the session ends (Gradio's
+unload event, or the State's delete callback), or by the sweep once it has been idle longer
+than the idle limit: a client that never opens a heartbeat never sends an unload. Its marker
+file's modification time is the session's last activity (`touch`). A `Session` object lives in
+the session's ``gr.State``: it holds the directory, the loaded dataset, the latest comparison
+and the Stop event of a running job.
 """
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-MARKER = ".pyra-session"  # only directories carrying this file are ever removed
+MARKER = ".pyra-session"  # the directory is a session's; its mtime is the last activity
 PREFIX = "session-"
-DEFAULT_MAX_AGE_S = 6 * 3600.0
+OWN_ENTRIES = re.compile(r"^(\.pyra-session|data|exports|compare-\d+)$")  # all a session directory holds
+SWEEP_EVERY_S = 60.0  # the sweep runs at most this often (on requests)
+_last_sweep = [0.0]  # time.monotonic() of the last sweep, shared by all sessions of this process
+_sweep_lock = threading.Lock()
 
 
 def work_root() -> Path:
@@ -81,10 +85,31 @@ def open_session(session: Optional[Session], session_hash: Optional[str], root: 
     return Session(workdir=workdir)
 
 
-def remove_session_dir(path: Path) -> bool:
-    """Delete one session directory if it is ours (carries the marker). True if removed."""
+def touch(session: Session) -> None:
+    """Record activity: the session is not idle now."""
+    try:
+        os.utime(session.workdir / MARKER)
+    except OSError:  # removed meanwhile; open_session re-creates it on the next request
+        pass
+
+
+def is_session_dir(path: Path) -> bool:
+    """The directory is one of ours: named like a session and holding only what a session writes
+    (the marker, data, exports, compare-NNN), so it may be removed."""
     path = Path(path)
-    if not (path / MARKER).is_file():
+    if not path.name.startswith(PREFIX) or path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        names = [child.name for child in path.iterdir()]
+    except OSError:
+        return False
+    return MARKER in names or bool(names) and all(OWN_ENTRIES.match(name) for name in names)
+
+
+def remove_session_dir(path: Path) -> bool:
+    """Delete one session directory if it is ours (see `is_session_dir`). True if removed."""
+    path = Path(path)
+    if not is_session_dir(path):
         return False
     shutil.rmtree(path, ignore_errors=True)
     return not path.exists()
@@ -105,24 +130,39 @@ def end_session_by_hash(session_hash: Optional[str], root: Optional[Path] = None
     return remove_session_dir((root or work_root()) / session_dir_name(session_hash))
 
 
-def sweep_old_sessions(root: Optional[Path] = None, max_age_s: float = DEFAULT_MAX_AGE_S) -> list[Path]:
-    """Remove session directories under `root` untouched for longer than `max_age_s`."""
+def sweep_idle_sessions(idle_s: float, root: Optional[Path] = None) -> list[Path]:
+    """Remove session directories under `root` with no activity for longer than `idle_s`.
+
+    A directory's activity is its marker's mtime; without a marker (left by an older version, or
+    a crash) the newest mtime of the directory and its direct children.
+    """
     root = root or work_root()
     if not root.is_dir():
         return []
     now, removed = time.time(), []
     for path in root.glob(PREFIX + "*"):
         try:
-            age = now - _last_modified(path)
+            idle = now - _last_activity(path)
         except OSError:
             continue
-        if age > max_age_s and remove_session_dir(path):
+        if idle > idle_s and remove_session_dir(path):
             removed.append(path)
     return removed
 
 
-def _last_modified(path: Path) -> float:
-    """Newest mtime of the directory and its direct children (cheap, no deep walk)."""
+def sweep_now_and_then(idle_s: float, root: Optional[Path] = None) -> None:
+    """`sweep_idle_sessions`, at most once per SWEEP_EVERY_S (called on requests)."""
+    with _sweep_lock:
+        if time.monotonic() - _last_sweep[0] < SWEEP_EVERY_S:
+            return
+        _last_sweep[0] = time.monotonic()
+    sweep_idle_sessions(idle_s, root)
+
+
+def _last_activity(path: Path) -> float:
+    marker = path / MARKER
+    if marker.is_file():
+        return marker.stat().st_mtime
     times = [path.stat().st_mtime]
     times += [child.stat().st_mtime for child in path.iterdir()]
     return max(times)

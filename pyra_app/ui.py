@@ -7,11 +7,11 @@ from typing import Any
 
 import gradio as gr
 
-from pyra.safe_zip import Limits
 from pyra.samples import example_photos, list_samples
 from pyra_app import handlers as h
-from pyra_app import views
-from pyra_app.session import DEFAULT_MAX_AGE_S, end_session, sweep_old_sessions, work_root
+from pyra_app import inputs, views
+from pyra_app.budget import Budget
+from pyra_app.session import end_session, sweep_idle_sessions, work_root
 
 TITLE = "PYRA Studio"
 INTRO = """# PYRA Studio
@@ -27,8 +27,7 @@ LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": 
 TRAIN_CONCURRENCY = int(os.environ.get("PYRA_TRAIN_CONCURRENCY", "1"))  # training jobs at once, all sessions
 MODEL_CONCURRENCY = 2  # token maps / layer inspection / t-SNE at once (each loads a model)
 CSS = ".pyra-status {min-height: 2.5em}"
-MAX_WEIGHTS_BYTES = 2**30  # an uploaded backbone weights file (zips have their own, smaller limit)
-MAX_LEVELS = 9  # the Train tab's largest number of compression levels
+MAX_LEVELS = views.MAX_LEVELS  # the Train tab's largest number of compression levels
 # Before training, level and layer sliders span every value a comparison can have, so API calls made
 # without /results first are not refused by Gradio's bounds check; /results narrows them.
 MAX_LEVEL, MAX_LAYER = MAX_LEVELS - 1, 48
@@ -39,14 +38,14 @@ MAX_LEVEL, MAX_LAYER = MAX_LEVELS - 1, 48
 def _data_tab(c: SimpleNamespace, samples: list) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            c.sample = gr.Dropdown(views.sample_choices(samples), value=samples[0].name if samples else None,
+            c.sample = inputs.Dropdown(views.sample_choices(samples), value=samples[0].name if samples else None,
                                    label="Built-in sample")
             c.load_sample_btn = gr.Button("Load sample", variant="primary")
             c.zip_file = gr.File(label="...or upload a zip: one folder of images per class", file_types=[".zip"],
                                  type="filepath", elem_id="zip-upload")
             with gr.Accordion("Options", open=False):
-                c.max_per_class = gr.Number(0, precision=0, minimum=0, label="Max images per class (0 = all)")
-                c.val_fraction = gr.Slider(0.1, 0.5, value=0.25, step=0.05,
+                c.max_per_class = inputs.Number(0, precision=0, minimum=0, label="Max images per class (0 = all)")
+                c.val_fraction = inputs.Slider(0.1, 0.5, value=0.25, step=0.05,
                                            label="Validation share (samples with a fixed split keep theirs)")
         with gr.Column(scale=2):
             c.data_summary = gr.Markdown("No dataset loaded yet.", elem_id="data-summary")
@@ -63,36 +62,36 @@ def _data_tab(c: SimpleNamespace, samples: list) -> None:
 def _train_tab(c: SimpleNamespace) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            c.backbone = gr.Dropdown(BACKBONES, value="default", allow_custom_value=True, label="Backbone", elem_id="backbone",
+            c.backbone = inputs.Dropdown(BACKBONES, value="default", allow_custom_value=True, label="Backbone", elem_id="backbone",
                                      info="'default': DINOv2 ViT-S/14 shipped offline. Or type any timm ViT name "
                                           "(weights from the hub, or the file below); 'random:NAME' = random init.")
             c.weights = gr.File(label="Local weights for that architecture (optional)", file_types=WEIGHT_TYPES,
                                 type="filepath", height=90)
             with gr.Row():
-                c.img_size = gr.Number(0, precision=0, minimum=0, label="Image size, px (0 = automatic)",
+                c.img_size = inputs.Number(0, precision=0, minimum=0, label="Image size, px (0 = automatic)",
                                        elem_id="img-size")
-                c.lora_rank = gr.Slider(1, 32, value=4, step=1, label="LoRA rank")
-            c.schedule = gr.Dropdown(["low", "high"], value="high", allow_custom_value=True,
+                c.lora_rank = inputs.Slider(1, views.MAX_LORA_RANK, value=4, step=1, label="LoRA rank")
+            c.schedule = inputs.Dropdown(["low", "high"], value="high", allow_custom_value=True,
                                      label="Target compression",
                                      info="low / high (the paper's), a FLOPs ratio like 2.5, r per layer like 4, "
                                           "or a list 8,6,4,...")
             defaults = views.TrainSettings()
             with gr.Row():
-                c.epochs = gr.Slider(1, 50, value=defaults.epochs, step=1, label="Epochs", elem_id="epochs")
-                c.batch_size = gr.Number(defaults.batch_size, precision=0, minimum=1, label="Batch size")
+                c.epochs = inputs.Slider(1, views.MAX_EPOCHS, value=defaults.epochs, step=1, label="Epochs", elem_id="epochs")
+                c.batch_size = inputs.Number(defaults.batch_size, precision=0, minimum=1, label="Batch size")
             with gr.Row():
-                c.lr = gr.Number(defaults.lr, label="Learning rate (LoRA + head)")
-                c.pyra_lr = gr.Number(defaults.pyra_lr, label="PYRA learning rate")
+                c.lr = inputs.Number(defaults.lr, label="Learning rate (LoRA + head)")
+                c.pyra_lr = inputs.Number(defaults.pyra_lr, label="PYRA learning rate")
             with gr.Accordion("Training protocol, repeats and measurement", open=False):
-                c.protocol = gr.Radio(views.PROTOCOL_CHOICES, value=defaults.protocol, label="Training protocol",
+                c.protocol = inputs.Radio(views.PROTOCOL_CHOICES, value=defaults.protocol, label="Training protocol",
                                       elem_id="protocol",
                                       info="Elastic trains ToMe + LoRA and PYRA + LoRA once each for every "
                                            "compression level; per level trains one model per level and method.")
                 c.seeds = gr.Textbox("0", label="Seeds", info="e.g. 0, 1, 2: one training per seed and method; "
                                                              "intervals over seeds need at least 2")
-                c.num_levels = gr.Slider(2, MAX_LEVELS, value=5, step=1, label="Compression levels to measure",
+                c.num_levels = inputs.Slider(2, MAX_LEVELS, value=5, step=1, label="Compression levels to measure",
                                          elem_id="num-levels")
-                c.bench_repeats = gr.Slider(1, 20, value=5, step=1, label="Speed measurement repeats",
+                c.bench_repeats = inputs.Slider(1, views.MAX_BENCH_REPEATS, value=5, step=1, label="Speed measurement repeats",
                                             elem_id="bench-repeats")
         with gr.Column(scale=2):
             gr.Markdown("Trains three models on the loaded data: LoRA uncompressed, ToMe + LoRA and PYRA + LoRA. "
@@ -112,7 +111,7 @@ def _train_tab(c: SimpleNamespace) -> None:
 
 
 def _compare_tab(c: SimpleNamespace) -> None:
-    c.level = gr.Slider(0, MAX_LEVEL, value=0, step=1, interactive=False,
+    c.level = inputs.Slider(0, MAX_LEVEL, value=0, step=1, interactive=False,
                         label="Compression level (available after training)", elem_id="level-slider")
     c.level_text = gr.Markdown(elem_id="level-text")
     c.table = gr.Dataframe(headers=views.COMPARE_HEADERS, label="At this level", interactive=False, wrap=True,
@@ -125,9 +124,9 @@ def _compare_tab(c: SimpleNamespace) -> None:
 
 def _image_picker(c: SimpleNamespace, prefix: str, photos: list[str]) -> None:
     with gr.Row():
-        setattr(c, f"{prefix}_val", gr.Dropdown([], label="Validation image", value=None))
-        setattr(c, f"{prefix}_photo", gr.Dropdown(photos, label="Example photo", value=None))
-    setattr(c, f"{prefix}_image", gr.Image(type="pil", label="Image (or upload your own)", height=220,
+        setattr(c, f"{prefix}_val", inputs.Dropdown([], label="Validation image", value=None))
+        setattr(c, f"{prefix}_photo", inputs.Dropdown(photos, label="Example photo", value=None))
+    setattr(c, f"{prefix}_image", inputs.Image(label="Image (or upload your own)", height=220,
                                            sources=["upload", "clipboard"]))
 
 
@@ -135,7 +134,7 @@ def _token_tab(c: SimpleNamespace, photos: list[str]) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             _image_picker(c, "tm", photos)
-            c.tm_level = gr.Slider(0, MAX_LEVEL, value=0, step=1, interactive=False, label="Compression level")
+            c.tm_level = inputs.Slider(0, MAX_LEVEL, value=0, step=1, interactive=False, label="Compression level")
             c.tm_btn = gr.Button("Show token maps", variant="primary")
             c.tm_tokens = gr.Dataframe(headers=["layer", "tokens in", "merged (r)", "tokens out"],
                                        label="Tokens per layer", interactive=False)
@@ -145,7 +144,7 @@ def _token_tab(c: SimpleNamespace, photos: list[str]) -> None:
             with gr.Row():
                 c.tm_tome = gr.Image(label="ToMe + LoRA: every layer", interactive=False)
                 c.tm_pyra = gr.Image(label="PYRA + LoRA: every layer", interactive=False)
-            c.tm_layer = gr.Slider(1, MAX_LAYER, value=1, step=1, label="Layer", interactive=False)
+            c.tm_layer = inputs.Slider(1, MAX_LAYER, value=1, step=1, label="Layer", interactive=False)
             with gr.Row():
                 c.tm_tome_layer = gr.Image(label="ToMe + LoRA after this layer", interactive=False, height=260)
                 c.tm_pyra_layer = gr.Image(label="PYRA + LoRA after this layer", interactive=False, height=260)
@@ -155,9 +154,9 @@ def _layer_tab(c: SimpleNamespace, photos: list[str]) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             _image_picker(c, "il", photos)
-            c.il_method = gr.Radio(["PYRA + LoRA", "ToMe + LoRA"], value="PYRA + LoRA", label="Model")
-            c.il_level = gr.Slider(0, MAX_LEVEL, value=0, step=1, interactive=False, label="Compression level")
-            c.il_layer = gr.Slider(1, MAX_LAYER, value=1, step=1, interactive=False, label="Layer")
+            c.il_method = inputs.Radio(["PYRA + LoRA", "ToMe + LoRA"], value="PYRA + LoRA", label="Model")
+            c.il_level = inputs.Slider(0, MAX_LEVEL, value=0, step=1, interactive=False, label="Compression level")
+            c.il_layer = inputs.Slider(1, MAX_LAYER, value=1, step=1, interactive=False, label="Layer")
             c.il_btn = gr.Button("Inspect layer", variant="primary")
         with gr.Column(scale=2):
             c.il_picture = gr.Image(label="Set A (orange) / set B (blue) and the merges chosen", interactive=False)
@@ -168,7 +167,7 @@ def _layer_tab(c: SimpleNamespace, photos: list[str]) -> None:
 
 
 def _insights_tab(c: SimpleNamespace) -> None:
-    c.ins_run = gr.Dropdown([], label="Run", value=None)
+    c.ins_run = inputs.Dropdown([], label="Run", value=None)
     c.ins_note = gr.Markdown()
     with gr.Row():
         c.ins_curve = gr.Plot(label="Training curve")
@@ -182,7 +181,7 @@ def _insights_tab(c: SimpleNamespace) -> None:
 def _export_tab(c: SimpleNamespace) -> None:
     with gr.Row():
         with gr.Column():
-            c.ex_run = gr.Dropdown([], label="Run to export", value=None)
+            c.ex_run = inputs.Dropdown([], label="Run to export", value=None)
             c.ex_btn = gr.Button("Build adapter zip", variant="primary")
             c.ex_zip = gr.File(label="Adapter: config.json + adapter.safetensors + metrics.json", interactive=False)
         with gr.Column():
@@ -195,7 +194,8 @@ def _export_tab(c: SimpleNamespace) -> None:
 def _layout(samples: list, photos: list[str]) -> SimpleNamespace:
     c = SimpleNamespace()
     gr.Markdown(INTRO)
-    c.session = gr.State(None, delete_callback=end_session)
+    # an idle session's State is dropped (its delete callback removes the folder): clients without a heartbeat too
+    c.session = gr.State(None, delete_callback=end_session, time_to_live=Budget.from_env().idle_seconds)
     c.maps = gr.State(None)  # the last token maps, so the layer slider needs no recomputation
     with gr.Tabs():
         with gr.Tab("1. Data"):
@@ -278,9 +278,11 @@ def _wire(demo: gr.Blocks, c: SimpleNamespace) -> None:
 
 def build_demo() -> gr.Blocks:
     """The app, with nothing loaded yet (models load when a handler needs one)."""
-    sweep_old_sessions()
+    budget = Budget.from_env()
+    sweep_idle_sessions(budget.idle_seconds)
     photos = list(example_photos())
-    with gr.Blocks(title=TITLE, delete_cache=(3600, int(DEFAULT_MAX_AGE_S))) as demo:
+    cache_sweep = int(min(600.0, budget.idle_seconds))  # Gradio's upload cache: swept this often, same idle limit
+    with inputs.StudioBlocks(title=TITLE, delete_cache=(cache_sweep, int(budget.idle_seconds))) as demo:
         components = _layout(list_samples(), photos)
         _wire(demo, components)
     demo.queue(default_concurrency_limit=4)
@@ -289,6 +291,6 @@ def build_demo() -> gr.Blocks:
 
 def launch_kwargs() -> dict[str, Any]:
     """launch() arguments: host/port from GRADIO_SERVER_NAME/PORT (Gradio's defaults: 127.0.0.1:7860)."""
-    limits = Limits.from_env()  # a bad PYRA_MAX_* value stops the launch with its message, not a request later
+    budget = Budget.from_env()  # a bad PYRA_* limit stops the launch with its message, not a request later
     return {"allowed_paths": [str(work_root())], "css": CSS, "show_error": False,
-            "max_file_size": max(MAX_WEIGHTS_BYTES, limits.max_upload_bytes)}
+            "max_file_size": budget.max_upload_bytes}

@@ -20,6 +20,8 @@ from pyra.compare import PROTOCOLS, CompareConfig
 from pyra.recipes import DEFAULT_RECIPE
 from pyra.schedule import parse_schedule
 from pyra.stats import min_detectable_difference
+from pyra.train import MAX_SEED
+from pyra_app.budget import Budget
 
 METHOD_ORDER = ("uncompressed", "tome_free", "tome", "pyra")
 METHOD_LABELS = {
@@ -46,6 +48,8 @@ TABLE_NOTE = ("Latency and throughput: median [25th-75th percentile] over the re
 RUN_FILES = ("config.json", "adapter.safetensors", "metrics.json")
 TOO_FEW_POINTS = 5.0  # a minimum detectable difference above this many points earns a warning
 PREVIEW_SIZE = 96  # pixels: tiny sample images are upscaled for the gallery
+THUMBNAIL_SIDE = 256  # pixels: the most a gallery image is (never a full-size copy of an upload)
+PICKED_IMAGE_SIDE = 512  # pixels: a validation image picked for token maps (the model sees at most 448)
 
 
 # ---------------------------------------------------------------- data tab
@@ -80,12 +84,13 @@ def data_preview(split: Any, per_class: int = 4) -> DataPreview:
 
 
 def preview_images(records: Sequence[Any], classes: Sequence[str], per_class: int) -> list[tuple[Image.Image, str]]:
-    """The first `per_class` images of every class, captioned with the class name."""
+    """Thumbnails of the first `per_class` images of every class, captioned with the class name."""
     chosen: dict[int, list[Any]] = {label: [] for label in range(len(classes))}
     for record in records:
         if len(chosen[record.label]) < per_class:
             chosen[record.label].append(record)
-    return [(display_image(record.load()), classes[label]) for label, items in chosen.items() for record in items]
+    return [(display_image(record.thumbnail(THUMBNAIL_SIDE)), classes[label])
+            for label, items in chosen.items() for record in items]
 
 
 def display_image(image: Image.Image, size: int = PREVIEW_SIZE) -> Image.Image:
@@ -133,6 +138,8 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         raise ValueError("seeds: give at least one seed, e.g. 0 (or 0, 1, 2 for an interval over seeds)")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: {text!r} repeats a seed; give distinct seeds")
+    if not all(0 <= seed <= MAX_SEED for seed in seeds):
+        raise ValueError(f"seeds: each seed must be a whole number from 0 to {MAX_SEED}")
     return seeds
 
 
@@ -144,51 +151,106 @@ def level_fractions(count: int) -> tuple[float, ...]:
     return tuple(round(i / (count - 1), 4) for i in range(count))
 
 
-def _positive_int(value: Any, name: str, low: int = 1) -> int:
+MAX_TEXT = 200  # characters of a text field (backbone, schedule); seeds may be longer
+MAX_SEEDS_TEXT = 2000
+MAX_LORA_RANK, MAX_EPOCHS, MAX_LEVELS, MAX_BENCH_REPEATS = 32, 50, 9, 20  # the Train tab's slider ranges
+
+
+def _finite(value: Any, name: str) -> float:
+    """A finite number from a field's raw value (a number or its text), or ValueError naming the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or len(str(value)) > 40:
+        raise ValueError(f"{name}: {_shown(value)} is not a number")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {value!r} is not a number") from None
-    if not math.isfinite(number) or number != int(number) or number < low:
-        raise ValueError(f"{name}: must be a whole number >= {low}, got {value!r}")
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name}: {_shown(value)} is not a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name}: must be a finite number, got {_shown(value)}")
+    return number
+
+
+def _shown(value: Any) -> str:
+    """A raw value as a message may quote it: short, and never a whole object dump."""
+    text = repr(value) if isinstance(value, (int, float, str)) else f"a {type(value).__name__}"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _positive_int(value: Any, name: str, low: int = 1, high: Optional[int] = None, fix: str = "") -> int:
+    number = _finite(value, name)
+    if number != int(number) or number < low:
+        raise ValueError(f"{name}: must be a whole number >= {low}, got {_shown(value)}")
+    if high is not None and number > high:
+        raise ValueError(f"{name}: at most {high}, got {_shown(value)}{fix}")
     return int(number)
 
 
 def _positive_float(value: Any, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: {value!r} is not a number") from None
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"{name}: must be a positive number such as 1e-3, got {value!r}")
+    number = _finite(value, name)
+    if number <= 0:
+        raise ValueError(f"{name}: must be a positive number such as 1e-3, got {_shown(value)}")
     return number
 
 
-def train_settings(backbone: str, weights: Optional[str], img_size: Any, lora_rank: Any, epochs: Any,
-                   batch_size: Any, lr: Any, pyra_lr: Any, schedule: str, seeds: str, num_levels: Any,
-                   bench_repeats: Any, protocol: Any = "elastic") -> TrainSettings:
-    """Validate the raw control values; ValueError names the control and the fix."""
-    backbone = (backbone or "").strip() or "default"
-    size = None if img_size in (None, "", 0, 0.0) else _positive_int(img_size, "image size", low=8)
+def _text(value: Any, name: str, default: str, limit: int = MAX_TEXT) -> str:
+    if value is None or value == "":
+        return default
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: expected a text, got {_shown(value)}")
+    if len(value) > limit:
+        raise ValueError(f"{name}: at most {limit} characters, got {len(value)}")
+    return value.strip() or default
+
+
+def choice_index(value: Any, count: int, name: str) -> int:
+    """A 0-based position among `count` choices, from a raw dropdown or slider value."""
+    index = _positive_int(value, name, low=0)
+    if index >= count:
+        raise ValueError(f"{name}: choose one of the {count} in the list")
+    return index
+
+
+def slider_index(value: Any, low: int, high: int, name: str) -> int:
+    """A raw slider value as a whole number, clamped to [low, high] (the slider may span more than a result has)."""
+    return min(max(int(round(_finite(value, name))), low), high)
+
+
+def data_settings(max_per_class: Any, val_fraction: Any) -> tuple[Optional[int], float]:
+    """The Data tab's two numbers: (images per class cap or None, validation share)."""
+    cap = None if max_per_class in (None, "", 0, 0.0) else _positive_int(max_per_class, "max images per class", low=2)
+    fraction = _finite(0.25 if val_fraction in (None, "") else val_fraction, "validation share")
+    if not 0.05 <= fraction <= 0.9:
+        raise ValueError(f"validation share: between 0.05 and 0.9, got {_shown(val_fraction)}")
+    return cap, fraction
+
+
+def train_settings(backbone: Any, weights: Any, img_size: Any, lora_rank: Any, epochs: Any,
+                   batch_size: Any, lr: Any, pyra_lr: Any, schedule: Any, seeds: Any, num_levels: Any,
+                   bench_repeats: Any, protocol: Any = "elastic", budget: Budget = Budget()) -> TrainSettings:
+    """Validate the raw control values against the field ranges and `budget`; ValueError names the control
+    and the fix."""
+    size = None if img_size in (None, "", 0, 0.0) else _positive_int(
+        img_size, "image size", low=8, high=budget.max_img_size, fix=" px (or raise PYRA_MAX_IMG_SIZE)")
+    if weights is not None and not isinstance(weights, str):
+        raise ValueError(f"weights file: expected an uploaded file, got {_shown(weights)}")
     return TrainSettings(
-        backbone=backbone,
-        weights=str(weights) if weights else None,
+        backbone=_text(backbone, "backbone", "default"),
+        weights=weights or None,
         img_size=size,
-        lora_rank=_positive_int(lora_rank, "LoRA rank"),
-        epochs=_positive_int(epochs, "epochs"),
-        batch_size=_positive_int(batch_size, "batch size"),
+        lora_rank=_positive_int(lora_rank, "LoRA rank", high=MAX_LORA_RANK),
+        epochs=_positive_int(epochs, "epochs", high=MAX_EPOCHS),
+        batch_size=_positive_int(batch_size, "batch size", high=budget.max_batch, fix=" (or raise PYRA_MAX_BATCH)"),
         lr=_positive_float(lr, "learning rate"),
         pyra_lr=_positive_float(pyra_lr, "PYRA learning rate"),
-        schedule=str(schedule or "high").strip(),
-        seeds=parse_seeds(seeds),
-        num_levels=_positive_int(num_levels, "compression levels", low=2),
-        bench_repeats=_positive_int(bench_repeats, "benchmark repeats"),
+        schedule=_text(schedule, "target compression", "high"),
+        seeds=parse_seeds(_text(seeds, "seeds", "0", limit=MAX_SEEDS_TEXT)),
+        num_levels=_positive_int(num_levels, "compression levels", low=2, high=MAX_LEVELS),
+        bench_repeats=_positive_int(bench_repeats, "speed measurement repeats", high=MAX_BENCH_REPEATS),
         protocol=_protocol(protocol),
     )
 
 
 def _protocol(value: Any) -> str:
-    if value not in PROTOCOLS:
+    if not isinstance(value, str) or value not in PROTOCOLS:
         raise ValueError(f"training protocol: choose one of {', '.join(PROTOCOLS)}, got {value!r}")
     return str(value)
 

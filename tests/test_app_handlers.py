@@ -15,7 +15,7 @@ from PIL import Image
 
 from pyra_app import handlers, views
 from pyra_app.session import (
-    MARKER, Session, end_session, end_session_by_hash, open_session, session_dir_name, sweep_old_sessions,
+    MARKER, Session, end_session, end_session_by_hash, open_session, session_dir_name, sweep_idle_sessions,
 )
 
 
@@ -252,7 +252,7 @@ def test_sweep_removes_only_old_marked_session_dirs(work_root):
     past = time.time() - 10 * 3600
     for path in [old.workdir, *old.workdir.iterdir(), foreign]:
         os.utime(path, (past, past))
-    assert sweep_old_sessions(max_age_s=3600) == [old.workdir]
+    assert sweep_idle_sessions(3600) == [old.workdir]
     assert fresh.workdir.is_dir() and foreign.is_dir()
 
 
@@ -278,17 +278,27 @@ def test_stop_sets_the_session_event_of_a_running_job(tmp_path):
     assert handlers.stop(None) == "Nothing is running."
 
 
-def test_engine_error_during_training_reaches_status_and_popup():
+def test_engine_error_during_training_reaches_status_and_popup(monkeypatch):
+    monkeypatch.setattr("pyra.backbone._hub_unreachable", lambda timeout_s=3.0: True)  # no hub: fails at build
     session = handlers.load_sample(None, "textures", 6, 0.25, fake_request())[0]
-    updates = handlers.train(session, "vit_does_not_exist", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
+    updates = handlers.train(session, "vit_tiny_patch16_224", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
                              "elastic", fake_request())
     statuses = []
     with pytest.raises(gr.Error) as caught:
         for _, status, _ in updates:
             statuses.append(status)
-    assert "not a timm model name" in caught.value.message and "Traceback" not in caught.value.message
+    assert "hub is unreachable" in caught.value.message and "Traceback" not in caught.value.message
     assert statuses[0].startswith("**Starting**") and statuses[-1].startswith("**Training failed**")
     assert not session.busy and session.result is None
+
+
+def test_a_backbone_that_does_not_exist_is_refused_before_training_starts():
+    session = handlers.load_sample(None, "textures", 6, 0.25, fake_request())[0]
+    updates = handlers.train(session, "vit_does_not_exist", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
+                             "elastic", fake_request())
+    with pytest.raises(gr.Error) as caught:
+        next(updates)
+    assert "not a timm model name" in caught.value.message and not session.busy and session.runs == 0
 
 
 def test_loss_figure_draws_one_line_per_run_in_order():

@@ -506,7 +506,7 @@ def test_pickled_backbone_weights_are_refused_without_unpickling(sandbox, kind, 
     weights = sandbox.inputs / f"backbone{suffix}"
     _payloads(marker)[kind](weights)
     message = sandbox.refused(BackboneError, create_backbone, TINY, num_classes=2, img_size=32, weights=weights)
-    assert f"{weights}: cannot read a state dict" in message
+    assert f"{weights.name}: cannot read a state dict" in message and str(weights.parent) not in message
     assert "save one with safetensors.torch.save_file" in message
     assert not marker.exists()
 

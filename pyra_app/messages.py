@@ -1,0 +1,35 @@
+"""Messages for visitors never show the server's paths or a session's id.
+
+The engine names files by path, which is right on one's own machine; on a shared server a
+path tells a stranger where things live and, for a session folder, that session's only secret.
+`public_text` keeps the last part of any path under the app's folders (the file name the
+visitor chose, or a run file's own name) and drops the rest.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+from pathlib import Path
+
+from gradio.utils import get_upload_folder
+
+from pyra_app.session import PREFIX, work_root
+
+__all__ = ["public_text"]
+
+_SESSION_ID = re.compile(re.escape(PREFIX) + r"[A-Za-z0-9_-]+")
+
+
+def _private_roots() -> list[str]:
+    """Folders whose paths are the server's business, longest first (a nested root wins)."""
+    roots = {str(work_root()), str(Path(get_upload_folder())), tempfile.gettempdir()}
+    roots |= {str(Path(root).resolve()) for root in roots}
+    return sorted(roots, key=len, reverse=True)
+
+
+def public_text(text: str) -> str:
+    """`text` with every path under the app's folders cut to its file name, and no session id."""
+    for root in _private_roots():
+        pattern = re.escape(root.rstrip("/")) + r"(/[^\s'\"():,]*)?"
+        text = re.sub(pattern, lambda match: Path(match.group(0)).name or "the server's folder", text)
+    return _SESSION_ID.sub("a session folder", text)
