@@ -88,12 +88,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serve_app(folder: Path, threads: int = 1, heartbeat_s: Optional[float] = None,
-              timeout_s: float = 180.0) -> Iterator[App]:
+              timeout_s: float = 180.0, limits: Optional[dict[str, str]] = None) -> Iterator[App]:
     """`python app.py` on a free port of 127.0.0.1, its files under `folder`; stopped on exit.
 
     `threads` sets OMP_NUM_THREADS: torch's intra-op threads per job (several jobs share the cores).
     `heartbeat_s` sets GRADIO_HEARTBEAT_INTERVAL (default 15 s): a closed client is noticed, and its
-    session ended, within about one interval.
+    session ended, within about one interval. `limits`: PYRA_* variables for the app (see pyra_app.budget).
     """
     port = free_port()
     app = App(f"http://127.0.0.1:{port}/", 0, folder / "work", folder / "gradio")
@@ -101,7 +101,7 @@ def serve_app(folder: Path, threads: int = 1, heartbeat_s: Optional[float] = Non
         "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
         "PYRA_WORK_ROOT": str(app.work_root), "GRADIO_TEMP_DIR": str(app.gradio_temp), "PYTHONUNBUFFERED": "1",
         "OMP_NUM_THREADS": str(threads),
-    } | ({"GRADIO_HEARTBEAT_INTERVAL": str(heartbeat_s)} if heartbeat_s else {})
+    } | ({"GRADIO_HEARTBEAT_INTERVAL": str(heartbeat_s)} if heartbeat_s else {}) | (limits or {})
     log_path = folder / "app.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -184,17 +184,17 @@ def _check_archive(zf: zipfile.ZipFile, archive: str, limits: Limits,
             f"{size_text(limits.max_unzipped_bytes)}. Use fewer or smaller images "
             "(or raise PYRA_MAX_UNZIPPED_MB)."
         )
-    if budget is not None and total > budget.bytes:
-        raise DataError(
-            f"{archive}: {size_text(total)} uncompressed, more than {budget.what}. Use fewer or smaller "
-            f"images (or raise {budget.variable})."
-        )
     packed = sum(info.compress_size for info in infos)
     if total > RATIO_CHECK_MIN_BYTES and total > limits.max_compression_ratio * max(packed, 1):
         raise DataError(
             f"{archive}: its entries expand {total / max(packed, 1):.0f}:1 in total ({size_text(packed)} -> "
             f"{size_text(total)}), more than the limit of {limits.max_compression_ratio}:1; this looks like a "
             "zip bomb. Zip ordinary image files (JPEG, PNG) (or raise PYRA_MAX_COMPRESSION_RATIO)."
+        )
+    if budget is not None and total > budget.bytes:
+        raise DataError(
+            f"{archive}: {size_text(total)} uncompressed, more than {budget.what}. Use fewer or smaller "
+            f"images (or raise {budget.variable})."
         )
     return [(info, _entry_parts(info, archive)) for info in infos]
 

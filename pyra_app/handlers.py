@@ -437,8 +437,8 @@ def _tokens_table(tokens: list[int], schedule: list[int]) -> pd.DataFrame:
 @friendly_errors
 def show_token_maps(session: Optional[Session], image: Optional[str], level: Any, layer: Any) -> tuple:
     """ToMe + LoRA and PYRA + LoRA merged-token maps of `image` at one level (both runs, first seed)."""
-    result = _require_result(session)
     image = _input_image(image)
+    result = _require_result(session)
     schedule = _level_schedule(result, level)
     maps = {method: token_maps(_run_dir(result, method, level), image, schedule=schedule, method=method)
             for method in ("tome", "pyra")}
@@ -465,8 +465,8 @@ def show_layer_maps(maps: Optional[dict], layer: Any) -> tuple:
 def inspect(session: Optional[Session], image: Optional[str], method_label: Any, level: Any,
             layer: Any) -> tuple:
     """Inside one layer: sets A/B, chosen merges, PYRA gates, and the formulas."""
-    result = _require_result(session)
     image = _input_image(image)
+    result = _require_result(session)
     method = "pyra" if "PYRA" in str(method_label or "PYRA") else "tome"
     schedule = _level_schedule(result, level)
     layer = views.slider_index(layer or 1, 1, len(schedule), "layer")

@@ -83,15 +83,19 @@ class StudioBlocks(gr.Blocks):
 
 
 def _unreadable(blocks: list[Any], values: list[Any]) -> str:
-    """The label of the first input whose value does not fit its data type (what Gradio validates first)."""
+    """The label of the input Gradio could not process: the first whose value does not fit its data
+    type, else the first that names a file (which Gradio refuses unless it was uploaded here)."""
     if len(values) < len(blocks):
         return "the request (it has fewer values than the event's inputs)"
-    for block, value in zip(blocks, values):
+    pairs = [(block, value) for block, value in zip(blocks, values)
+             if value is not None and not getattr(block, "stateful", False)]
+    for block, value in pairs:
         model = getattr(block, "data_model", None)
-        if model is None or value is None or getattr(block, "stateful", False):
+        if model is None:
             continue
         try:
             model.model_validate(value, context={"validate_meta": True})
         except Exception:
             return field_name(block)
-    return "one of the inputs"
+    return next((field_name(block) for block, value in pairs if isinstance(value, dict) and "path" in value),
+                "one of the inputs")
