@@ -2,8 +2,9 @@
 
 The engine names files by path, which is right on one's own machine; on a shared server a
 path tells a stranger where things live and, for a session folder, that session's only secret.
-`public_text` keeps the last part of any path under the app's folders (the file name the
-visitor chose, or a run file's own name) and drops the rest.
+`public_text` keeps a path inside a session folder as the part below it (what the visitor's
+own files are called: ``compare-001/seed0/pyra``), cuts any other path under the app's folders
+to its last part (the file name the visitor chose), and drops the rest.
 """
 from __future__ import annotations
 
@@ -27,9 +28,14 @@ def _private_roots() -> list[str]:
     return sorted(roots, key=len, reverse=True)
 
 
+_PATH_TAIL = r"(/[^\s'\"():,]*)?"
+
+
 def public_text(text: str) -> str:
-    """`text` with every path under the app's folders cut to its file name, and no session id."""
+    """`text` with paths under the app's folders shortened as above, and no session id."""
     for root in _private_roots():
-        pattern = re.escape(root.rstrip("/")) + r"(/[^\s'\"():,]*)?"
-        text = re.sub(pattern, lambda match: Path(match.group(0)).name or "the server's folder", text)
+        inside_session = re.escape(root.rstrip("/")) + "/" + _SESSION_ID.pattern + "/([^\\s'\"():,]+)"
+        text = re.sub(inside_session, lambda match: match.group(1), text)
+        text = re.sub(re.escape(root.rstrip("/")) + _PATH_TAIL,
+                      lambda match: Path(match.group(0)).name if match.group(1) else "the server's folder", text)
     return _SESSION_ID.sub("a session folder", text)

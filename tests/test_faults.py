@@ -248,7 +248,8 @@ def test_the_app_reports_a_full_disk_during_training_and_keeps_the_previous_resu
     assert any(status.startswith("**Done**") for status in report["statuses"])
     failed = report["statuses"][-1]
     assert failed.startswith("**Training failed**: not enough disk space to write adapter.safetensors in "
-                             f"{work_root / 'session-full-disk'}"), failed
+                             "compare-002/seed0/"), failed
+    assert str(work_root) not in failed and "session-" not in failed  # no server path, no session id
     assert "PYRA_WORK_ROOT" in failed and "Traceback" not in failed and "unexpected" not in failed
     assert report["popup"] in failed
     assert report["kept"] and report["readable"] and report["levels"] == 2
@@ -269,7 +270,8 @@ def test_a_full_disk_while_extracting_an_upload_says_so_and_leaves_nothing(tmp_p
     pid, read_end = in_forked_child(extract_past_the_limit)
     lines = read_lines(read_end)
     assert os.waitpid(pid, 0)[1] == 0, lines
-    assert lines[0].startswith(f"photos.zip: not enough disk space to extract it into {workdir} (File too large)")
+    assert lines[0].startswith("photos.zip: not enough disk space to extract it (File too large)")
+    assert str(workdir) not in lines[0]
     assert "Free some space" in lines[0]
     assert list(workdir.iterdir()) == []  # the half-extracted folder is removed
 
@@ -281,8 +283,9 @@ def test_any_app_action_that_hits_a_full_disk_says_so_in_words(work_root):
 
     with pytest.raises(gr.Error) as caught:
         export()
-    assert caught.value.message == (f"not enough disk space (No space left on device). The app keeps its session "
-                                    f"files under {work_root} (set PYRA_WORK_ROOT to change it).")
+    assert caught.value.message == ("not enough disk space (No space left on device). The server's disk for session "
+                                    "files is full: try again later (whoever runs the app can set PYRA_WORK_ROOT to "
+                                    "a larger disk).")
 
 
 # ---------------------------------------------------------------- a diverging training
@@ -308,6 +311,7 @@ def test_a_diverging_training_is_explained_and_the_previous_results_stay_usable(
 
     level_text, table, *_ = handlers.select_level(session, 1)
     assert "Level 2 of 2" in level_text and len(table) == 4
-    image = session.data.val[0].load()
-    _, tome_panel, pyra_panel, *_ = handlers.show_token_maps(session, image, 1, 1)
+    image = session.workdir / "picked.png"  # the Image input hands the handler a file path
+    session.data.val[0].load().save(image)
+    _, tome_panel, pyra_panel, *_ = handlers.show_token_maps(session, str(image), 1, 1)
     assert tome_panel is not None and pyra_panel is not None

@@ -7,7 +7,6 @@ calling /gradio_api/call/... would); the others call the handlers and the engine
 from __future__ import annotations
 
 import io
-import json
 import os
 import threading
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.http_client import RawClient
 from benchmarks.session_load import serve_app
 from pyra.compare import CompareConfig, run_compare
 from pyra.data import DatasetSplit, ImageRecord
@@ -40,40 +40,6 @@ TRAIN = ["default", None, 0, 4, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1, "elastic"]
 
 
 # ---------------------------------------------------------------- raw HTTP, no heartbeat
-
-class RawClient:
-    """/gradio_api/upload and /gradio_api/call/<api> over plain HTTP; one session hash per client."""
-
-    def __init__(self, url: str):
-        import httpx
-
-        self.url, self.http = url, httpx.Client(timeout=120)
-        self.session_hash = os.urandom(8).hex()
-
-    def upload(self, name: str, data: bytes) -> dict:
-        reply = self.http.post(self.url + "gradio_api/upload", files={"files": (name, data)})
-        reply.raise_for_status()
-        return {"path": reply.json()[0], "orig_name": name, "meta": {"_type": "gradio.FileData"}}
-
-    def call(self, api: str, *data) -> tuple[str, object]:
-        """("complete", outputs) or ("error", the message a visitor would see)."""
-        body = json.dumps({"data": list(data), "session_hash": self.session_hash})  # NaN / Infinity allowed
-        reply = self.http.post(self.url + f"gradio_api/call/{api}", content=body,
-                               headers={"Content-Type": "application/json"})
-        reply.raise_for_status()
-        event_id = reply.json()["event_id"]
-        kind, payload = None, None
-        with self.http.stream("GET", self.url + f"gradio_api/call/{api}/{event_id}") as stream:
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    kind = line[len("event: "):]
-                elif line.startswith("data: ") and kind in ("complete", "error"):
-                    payload = json.loads(line[len("data: "):])
-                    break
-        if kind == "error":
-            return kind, (payload or {}).get("error") if isinstance(payload, dict) else payload
-        return kind, payload
-
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory) -> Iterator[SimpleNamespace]:
