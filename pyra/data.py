@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 SAMPLE_PREFIX = "sample:"
+_SHRINK_FIRST_MODES = frozenset({"1", "L", "LA", "RGB", "RGBA"})  # resized without changing their meaning
 _HIGH_BIT_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
@@ -53,15 +54,13 @@ class ImageRecord:
     array: np.ndarray | None = field(default=None, compare=False, repr=False)  # [H, W] or [H, W, 3] uint8
 
     def thumbnail(self, max_side: int) -> Image.Image:
-        """The image as RGB, at most `max_side` px a side (decoded at reduced size where the format allows)."""
+        """The image as RGB, at most `max_side` px a side (never a full-size RGB copy of a large file)."""
         if self.array is not None or self.path is None:
             image = self.load()
-        else:
-            with Image.open(self.path) as opened:
-                opened.draft("RGB", (max_side, max_side))
-                image = to_rgb(opened)
-        image.thumbnail((max_side, max_side))
-        return image
+            image.thumbnail((max_side, max_side))
+            return image
+        with Image.open(self.path) as opened:
+            return small_rgb(opened, max_side)
 
     def load(self) -> Image.Image:
         """The image as RGB, EXIF orientation applied."""
@@ -172,11 +171,17 @@ def read_image(path: Path, name: str, max_pixels: int, max_side: int | None = No
     if problem is not None:
         raise DataError(f"{name}: {problem}. Use a PNG or JPEG image.")
     with Image.open(path) as image:
-        if max_side is not None:
-            image.draft("RGB", (max_side, max_side))
-        rgb = to_rgb(image)
-    if max_side is not None:
-        rgb.thumbnail((max_side, max_side))
+        return small_rgb(image, max_side) if max_side is not None else to_rgb(image)
+
+
+def small_rgb(image: Image.Image, max_side: int) -> Image.Image:
+    """An opened image as RGB, at most `max_side` px a side, shrunk before any converted copy is made
+    (a 40 MP PNG then costs its one decode, not several full-size copies)."""
+    image.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale
+    if image.mode in _SHRINK_FIRST_MODES and not getattr(image, "is_animated", False):
+        image.thumbnail((max_side, max_side))
+    rgb = to_rgb(image)
+    rgb.thumbnail((max_side, max_side))
     return rgb
 
 
