@@ -289,9 +289,9 @@ def test_the_plan_counts_what_run_compare_trains():
 def test_the_memory_estimate_grows_with_batch_and_tokens():
     small, big = backbone_structure("default", 2, 112), backbone_structure("default", 2, 224)
     one, two = training_memory_bytes(small, 8), training_memory_bytes(small, 16)
-    activations = two - one  # 8 more images: 8 x 65 tokens x 12 layers x 384 channels x 80 bytes
-    assert activations == 8 * 65 * 12 * 384 * 80
-    more_tokens = 8 * (257 - 65) * 12 * 384 * 80 + 4 * (257 - 65) * 384  # activations + the larger pos_embed
+    activations = two - one  # 8 more images: 8 x 65 tokens x 12 layers x 384 channels x 88 bytes
+    assert activations == 8 * 65 * 12 * 384 * 88
+    more_tokens = 8 * (257 - 65) * 12 * 384 * 88 + 4 * (257 - 65) * 384  # activations + the larger pos_embed
     assert training_memory_bytes(big, 8) - training_memory_bytes(small, 8) == more_tokens
 
 
