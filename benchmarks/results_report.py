@@ -98,7 +98,8 @@ def quick_demo_recipe_section(report: dict) -> list[str]:
             scores = " / ".join(f"{cell[method][f]:.1f}" for f in sorted(cell[method], key=float))
             rows.append([str(cell["split_seed"]), f"{cell['lr']:g}", label, scores])
     summary = "; ".join(f"lr {float(lr):g}: mean {s['mean_accuracy']:.1f}%, smallest uncompressed gap of an elastic "
-                        f"model to LoRA {s['worst_uncompressed_gap_to_lora']:+.1f}" for lr, s in report["summary"].items())
+                        f"model to LoRA {s['worst_uncompressed_gap_to_lora']:+.1f}"
+                        for lr, s in report["summary"].items())
     return ["### How the Quick demo's learning rate was chosen", "", f"    {report['command']}", "",
             "The Quick demo makes about 14 optimiser steps, far fewer than the runs the default recipe was chosen on, "
             "so its learning rate was chosen on its own data and settings, split with seeds the demo does not use "

@@ -39,14 +39,14 @@ def _data_tab(c: SimpleNamespace, samples: list) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             c.sample = inputs.Dropdown(views.sample_choices(samples), value=samples[0].name if samples else None,
-                                   label="Built-in sample")
+                                       label="Built-in sample")
             c.load_sample_btn = gr.Button("Load sample", variant="primary")
             c.zip_file = gr.File(label="...or upload a zip: one folder of images per class", file_types=[".zip"],
                                  type="filepath", elem_id="zip-upload")
             with gr.Accordion("Options", open=False):
                 c.max_per_class = inputs.Number(0, precision=0, minimum=0, label="Max images per class (0 = all)")
                 c.val_fraction = inputs.Slider(0.1, 0.5, value=0.25, step=0.05,
-                                           label="Validation share (samples with a fixed split keep theirs)")
+                                               label="Validation share (samples with a fixed split keep theirs)")
         with gr.Column(scale=2):
             c.data_summary = gr.Markdown("No dataset loaded yet.", elem_id="data-summary")
             c.data_warnings = gr.Markdown()
@@ -62,37 +62,39 @@ def _data_tab(c: SimpleNamespace, samples: list) -> None:
 def _train_tab(c: SimpleNamespace) -> None:
     with gr.Row():
         with gr.Column(scale=1):
-            c.backbone = inputs.Dropdown(BACKBONES, value="default", allow_custom_value=True, label="Backbone", elem_id="backbone",
-                                     info="'default': DINOv2 ViT-S/14 shipped offline. Or type any timm ViT name "
-                                          "(weights from the hub, or the file below); 'random:NAME' = random init.")
+            c.backbone = inputs.Dropdown(BACKBONES, value="default", allow_custom_value=True, label="Backbone",
+                                         elem_id="backbone",
+                                         info="'default': DINOv2 ViT-S/14 shipped offline. Or type any timm ViT name "
+                                              "(weights from the hub, or the file below); 'random:NAME' = random init.")
             c.weights = gr.File(label="Local weights for that architecture (optional)", file_types=WEIGHT_TYPES,
                                 type="filepath", height=90)
             with gr.Row():
                 c.img_size = inputs.Number(0, precision=0, minimum=0, label="Image size, px (0 = automatic)",
-                                       elem_id="img-size")
+                                           elem_id="img-size")
                 c.lora_rank = inputs.Slider(1, views.MAX_LORA_RANK, value=4, step=1, label="LoRA rank")
             c.schedule = inputs.Dropdown(["low", "high"], value="high", allow_custom_value=True,
-                                     label="Target compression",
-                                     info="low / high (the paper's), a FLOPs ratio like 2.5, r per layer like 4, "
-                                          "or a list 8,6,4,...")
+                                         label="Target compression",
+                                         info="low / high (the paper's), a FLOPs ratio like 2.5, r per layer like 4, "
+                                              "or a list 8,6,4,...")
             defaults = views.TrainSettings()
             with gr.Row():
-                c.epochs = inputs.Slider(1, views.MAX_EPOCHS, value=defaults.epochs, step=1, label="Epochs", elem_id="epochs")
+                c.epochs = inputs.Slider(1, views.MAX_EPOCHS, value=defaults.epochs, step=1, label="Epochs",
+                                         elem_id="epochs")
                 c.batch_size = inputs.Number(defaults.batch_size, precision=0, minimum=1, label="Batch size")
             with gr.Row():
                 c.lr = inputs.Number(defaults.lr, label="Learning rate (LoRA + head)")
                 c.pyra_lr = inputs.Number(defaults.pyra_lr, label="PYRA learning rate")
             with gr.Accordion("Training protocol, repeats and measurement", open=False):
                 c.protocol = inputs.Radio(views.PROTOCOL_CHOICES, value=defaults.protocol, label="Training protocol",
-                                      elem_id="protocol",
-                                      info="Elastic trains ToMe + LoRA and PYRA + LoRA once each for every "
-                                           "compression level; per level trains one model per level and method.")
+                                          elem_id="protocol",
+                                          info="Elastic trains ToMe + LoRA and PYRA + LoRA once each for every "
+                                               "compression level; per level trains one model per level and method.")
                 c.seeds = gr.Textbox("0", label="Seeds", info="e.g. 0, 1, 2: one training per seed and method; "
                                                              "intervals over seeds need at least 2")
                 c.num_levels = inputs.Slider(2, MAX_LEVELS, value=5, step=1, label="Compression levels to measure",
-                                         elem_id="num-levels")
-                c.bench_repeats = inputs.Slider(1, views.MAX_BENCH_REPEATS, value=5, step=1, label="Speed measurement repeats",
-                                            elem_id="bench-repeats")
+                                             elem_id="num-levels")
+                c.bench_repeats = inputs.Slider(1, views.MAX_BENCH_REPEATS, value=5, step=1,
+                                                label="Speed measurement repeats", elem_id="bench-repeats")
         with gr.Column(scale=2):
             gr.Markdown("Trains three models on the loaded data: LoRA uncompressed, ToMe + LoRA and PYRA + LoRA. "
                         "The two merging models are trained **elastically**: every step merges at a level between "
@@ -112,7 +114,7 @@ def _train_tab(c: SimpleNamespace) -> None:
 
 def _compare_tab(c: SimpleNamespace) -> None:
     c.level = inputs.Slider(0, MAX_LEVEL, value=0, step=1, interactive=False,
-                        label="Compression level (available after training)", elem_id="level-slider")
+                            label="Compression level (available after training)", elem_id="level-slider")
     c.level_text = gr.Markdown(elem_id="level-text")
     c.table = gr.Dataframe(headers=views.COMPARE_HEADERS, label="At this level", interactive=False, wrap=True,
                            elem_id="compare-table")
@@ -127,7 +129,7 @@ def _image_picker(c: SimpleNamespace, prefix: str, photos: list[str]) -> None:
         setattr(c, f"{prefix}_val", inputs.Dropdown([], label="Validation image", value=None))
         setattr(c, f"{prefix}_photo", inputs.Dropdown(photos, label="Example photo", value=None))
     setattr(c, f"{prefix}_image", inputs.Image(label="Image (or upload your own)", height=220,
-                                           sources=["upload", "clipboard"]))
+                                               sources=["upload", "clipboard"]))
 
 
 def _token_tab(c: SimpleNamespace, photos: list[str]) -> None:
@@ -236,6 +238,8 @@ def _wire(demo: gr.Blocks, c: SimpleNamespace) -> None:
         job = start.then(h.train, [c.session, *train_controls], [c.session, c.status, c.losses],
                          concurrency_limit=TRAIN_CONCURRENCY, concurrency_id="train", show_progress="minimal", **api)
         job.then(h.buttons_idle, None, buttons, queue=False, api_visibility="private")
+        # Gradio's front end runs .then() listeners only after a success: a refused request needs .failure() too
+        job.failure(h.buttons_idle, None, buttons, queue=False, api_visibility="private")
         results_api = {"api_name": "results"} if public else {"api_visibility": "private"}
         job.success(h.show_results, [c.session], result_outputs, **results_api)
 

@@ -6,6 +6,7 @@ so it is unit-tested without a server.
 """
 from __future__ import annotations
 
+import json
 import math
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -180,7 +181,7 @@ def _positive_int(value: Any, name: str, low: int = 1, high: Optional[int] = Non
     if number != int(number) or number < low:
         raise ValueError(f"{name}: must be a whole number >= {low}, got {_shown(value)}")
     if high is not None and number > high:
-        raise ValueError(f"{name}: at most {high}, got {_shown(value)}{fix}")
+        raise ValueError(f"{name}: {_shown(value)} is more than the limit of {high}{fix}")
     return int(number)
 
 
@@ -229,7 +230,7 @@ def train_settings(backbone: Any, weights: Any, img_size: Any, lora_rank: Any, e
     """Validate the raw control values against the field ranges and `budget`; ValueError names the control
     and the fix."""
     size = None if img_size in (None, "", 0, 0.0) else _positive_int(
-        img_size, "image size", low=8, high=budget.max_img_size, fix=" px (or raise PYRA_MAX_IMG_SIZE)")
+        img_size, "image size", low=8, high=budget.max_img_size, fix=" px (raise PYRA_MAX_IMG_SIZE to allow more)")
     if weights is not None and not isinstance(weights, str):
         raise ValueError(f"weights file: expected an uploaded file, got {_shown(weights)}")
     return TrainSettings(
@@ -238,7 +239,8 @@ def train_settings(backbone: Any, weights: Any, img_size: Any, lora_rank: Any, e
         img_size=size,
         lora_rank=_positive_int(lora_rank, "LoRA rank", high=MAX_LORA_RANK),
         epochs=_positive_int(epochs, "epochs", high=MAX_EPOCHS),
-        batch_size=_positive_int(batch_size, "batch size", high=budget.max_batch, fix=" (or raise PYRA_MAX_BATCH)"),
+        batch_size=_positive_int(batch_size, "batch size", high=budget.max_batch,
+                                 fix=" (raise PYRA_MAX_BATCH to allow more)"),
         lr=_positive_float(lr, "learning rate"),
         pyra_lr=_positive_float(pyra_lr, "PYRA learning rate"),
         schedule=_text(schedule, "target compression", "high"),
@@ -467,15 +469,25 @@ def run_choices(run_dirs: dict[str, Path]) -> list[tuple[str, str]]:
 
 
 def export_run_zip(run_dir: Path, zip_path: Path) -> Path:
-    """Zip a run's config.json + adapter.safetensors + metrics.json (flat) into `zip_path`."""
+    """Zip a run's config.json + adapter.safetensors + metrics.json (flat) into `zip_path`.
+
+    An uploaded weights file is named in the exported config.json by its file name only (put it
+    next to the config): its path on the server is the server's business.
+    """
     run_dir = Path(run_dir)
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if missing:
         raise ValueError(f"{run_dir.name}: the run is incomplete (missing {', '.join(missing)}); train it again")
+    config = json.loads((run_dir / "config.json").read_text())
+    if config.get("backbone_weights"):
+        config["backbone_weights"] = Path(config["backbone_weights"]).name
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in RUN_FILES:
-            archive.write(run_dir / name, arcname=name)
+            if name == "config.json":
+                archive.writestr(name, json.dumps(config, indent=2) + "\n")
+            else:
+                archive.write(run_dir / name, arcname=name)
     return zip_path
 
 

@@ -122,3 +122,35 @@ def test_closing_the_tab_removes_the_session_directory(browser, tmp_path):
         while sessions[0].exists():
             assert time.monotonic() < deadline, "the session directory outlived the closed tab"
             time.sleep(0.5)
+
+
+@pytest.mark.browser
+def test_values_over_the_limits_get_the_apps_message_in_the_browser(browser, tmp_path):
+    """Typed into the page: an image size over PYRA_MAX_IMG_SIZE and 100 seeds are refused before training,
+    in a pop-up naming the field, the limit and the variable."""
+    from playwright.sync_api import expect
+
+    with running_app(tmp_path) as url:
+        page = browser.new_page(viewport={"width": 390, "height": 900})  # a phone
+        page.goto(url)
+        expect(page.get_by_text("PYRA Studio").first).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Load sample").click()
+        expect(page.locator("#data-summary")).to_contain_text("classes", timeout=60_000)
+        page.get_by_role("tab", name="2. Train").click()
+        set_number(page, "img-size", 100000)
+        page.locator("#train-btn").click()
+        toast = page.locator(".toast-body").first
+        expect(toast).to_contain_text(
+            "image size: 100000 is more than the limit of 448 px (raise PYRA_MAX_IMG_SIZE to allow more)",
+            timeout=60_000)
+        page.screenshot(path=os.environ.get("PYRA_LIMIT_SCREENSHOT", str(tmp_path / "limit-phone.png")), full_page=True)
+        page.locator(".toast-close").first.click()
+        set_number(page, "img-size", 0)
+        page.get_by_text("Repeats and measurement").click()
+        seeds = page.get_by_label("Seeds")
+        seeds.fill(", ".join(map(str, range(100))))
+        seeds.blur()
+        page.locator("#train-btn").click()
+        expect(page.locator(".toast-body").first).to_contain_text("more than the limit of 15 per request",
+                                                                   timeout=60_000)
+        expect(page.locator("#train-status")).not_to_contain_text("Starting")

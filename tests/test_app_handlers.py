@@ -1,6 +1,7 @@
 """App handlers as plain functions: no server, no model (fast)."""
 from __future__ import annotations
 
+import json
 import os
 import time
 import zipfile
@@ -223,8 +224,14 @@ def test_export_run_zip(tmp_path):
     run.mkdir()
     for name in views.RUN_FILES:
         (run / name).write_text(name)
+    uploaded = "/tmp/gradio/9f8e7d/vit_small.safetensors"  # where Gradio kept an uploaded weights file
+    (run / "config.json").write_text(json.dumps({"backbone": "vit_small_patch16_224", "backbone_weights": uploaded}))
     path = views.export_run_zip(run, tmp_path / "out" / "run.zip")
-    assert sorted(zipfile.ZipFile(path).namelist()) == sorted(views.RUN_FILES)
+    archive = zipfile.ZipFile(path)
+    assert sorted(archive.namelist()) == sorted(views.RUN_FILES)
+    assert json.loads(archive.read("config.json")) == {"backbone": "vit_small_patch16_224",
+                                                        "backbone_weights": "vit_small.safetensors"}
+    assert archive.read("metrics.json") == b"metrics.json"
     (run / "adapter.safetensors").unlink()
     with pytest.raises(ValueError, match="adapter.safetensors"):
         views.export_run_zip(run, tmp_path / "again.zip")
