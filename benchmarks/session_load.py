@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from pyra.bench import machine_info, markdown_table  # noqa: E402
 from pyra.safe_zip import size_text  # noqa: E402
+from pyra_app.budget import folder_bytes  # noqa: E402
 from pyra_app.session import session_dir_name  # noqa: E402
 
 TINY_BACKBONE = "random:vit_tiny_patch16_224"
@@ -156,16 +157,6 @@ def process_tree_rss(pid: int) -> int:
                 pending += [int(child) for child in (task / "children").read_text().split()]
         except (OSError, AttributeError):  # the process ended meanwhile
             continue
-    return total
-
-
-def folder_bytes(path: Path) -> int:
-    """Bytes of the regular files under `path`."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
     return total
 
 

@@ -82,13 +82,13 @@ class Limits:
     def from_env(cls) -> Limits:
         """Defaults overridden by PYRA_MAX_* variables; ValueError naming a variable that is not a positive integer."""
         return cls(
-            max_zip_entries=_env_int("PYRA_MAX_ZIP_ENTRIES", DEFAULT_MAX_ZIP_ENTRIES),
-            max_unzipped_bytes=_env_int("PYRA_MAX_UNZIPPED_MB", DEFAULT_MAX_UNZIPPED_MB) * 2**20,
-            max_image_pixels=_env_int("PYRA_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
-            max_upload_bytes=_env_int("PYRA_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB) * 2**20,
-            max_compression_ratio=_env_int("PYRA_MAX_COMPRESSION_RATIO", DEFAULT_MAX_COMPRESSION_RATIO),
-            max_images_per_class=_env_int("PYRA_MAX_IMAGES_PER_CLASS", DEFAULT_MAX_IMAGES_PER_CLASS),
-            max_classes=_env_int("PYRA_MAX_CLASSES", DEFAULT_MAX_CLASSES),
+            max_zip_entries=env_int("PYRA_MAX_ZIP_ENTRIES", DEFAULT_MAX_ZIP_ENTRIES),
+            max_unzipped_bytes=env_int("PYRA_MAX_UNZIPPED_MB", DEFAULT_MAX_UNZIPPED_MB) * 2**20,
+            max_image_pixels=env_int("PYRA_MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS),
+            max_upload_bytes=env_int("PYRA_MAX_UPLOAD_MB", DEFAULT_MAX_UPLOAD_MB) * 2**20,
+            max_compression_ratio=env_int("PYRA_MAX_COMPRESSION_RATIO", DEFAULT_MAX_COMPRESSION_RATIO),
+            max_images_per_class=env_int("PYRA_MAX_IMAGES_PER_CLASS", DEFAULT_MAX_IMAGES_PER_CLASS),
+            max_classes=env_int("PYRA_MAX_CLASSES", DEFAULT_MAX_CLASSES),
         )
 
 
@@ -109,7 +109,8 @@ class SkippedFile:
     reason: str
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
+    """A positive whole number from the environment variable `name`, else `default`; ValueError naming it."""
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
         return default

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pyra.plan import ComparePlan
-from pyra.safe_zip import Limits, WriteBudget, size_text
+from pyra.safe_zip import Limits, WriteBudget, env_int, size_text
 
 __all__ = ["Budget", "folder_bytes", "BudgetError"]
 
@@ -37,20 +37,6 @@ MB = 2**20
 
 class BudgetError(ValueError):
     """A request asks for more than a limit allows; the message names the limit, the value and the fix."""
-
-
-def _env_number(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise ValueError(f"environment variable {name}={raw!r} must be a positive whole number; "
-                         f"fix it or unset it to use the default {default}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -72,16 +58,16 @@ class Budget:
     def from_env(cls) -> Budget:
         d = cls()
         return cls(
-            session_disk_bytes=_env_number("PYRA_SESSION_DISK_MB", d.session_disk_bytes // MB) * MB,
-            total_disk_bytes=_env_number("PYRA_TOTAL_DISK_MB", d.total_disk_bytes // MB) * MB,
-            max_trainings=_env_number("PYRA_MAX_TRAININGS", d.max_trainings),
-            max_img_size=_env_number("PYRA_MAX_IMG_SIZE", d.max_img_size),
-            max_batch=_env_number("PYRA_MAX_BATCH", d.max_batch),
-            max_train_memory_bytes=_env_number("PYRA_MAX_TRAIN_MEMORY_MB", d.max_train_memory_bytes // MB) * MB,
-            job_seconds=60.0 * _env_number("PYRA_JOB_MINUTES", round(d.job_seconds / 60)),
-            idle_seconds=60.0 * _env_number("PYRA_SESSION_IDLE_MINUTES", round(d.idle_seconds / 60)),
-            max_weights_bytes=_env_number("PYRA_MAX_WEIGHTS_MB", d.max_weights_bytes // MB) * MB,
-            max_image_bytes=_env_number("PYRA_MAX_INPUT_IMAGE_MB", d.max_image_bytes // MB) * MB,
+            session_disk_bytes=env_int("PYRA_SESSION_DISK_MB", d.session_disk_bytes // MB) * MB,
+            total_disk_bytes=env_int("PYRA_TOTAL_DISK_MB", d.total_disk_bytes // MB) * MB,
+            max_trainings=env_int("PYRA_MAX_TRAININGS", d.max_trainings),
+            max_img_size=env_int("PYRA_MAX_IMG_SIZE", d.max_img_size),
+            max_batch=env_int("PYRA_MAX_BATCH", d.max_batch),
+            max_train_memory_bytes=env_int("PYRA_MAX_TRAIN_MEMORY_MB", d.max_train_memory_bytes // MB) * MB,
+            job_seconds=60.0 * env_int("PYRA_JOB_MINUTES", round(d.job_seconds / 60)),
+            idle_seconds=60.0 * env_int("PYRA_SESSION_IDLE_MINUTES", round(d.idle_seconds / 60)),
+            max_weights_bytes=env_int("PYRA_MAX_WEIGHTS_MB", d.max_weights_bytes // MB) * MB,
+            max_image_bytes=env_int("PYRA_MAX_INPUT_IMAGE_MB", d.max_image_bytes // MB) * MB,
         )
 
     @property

@@ -15,22 +15,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
-import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
 
 from benchmarks.http_client import RawClient
 from benchmarks.session_load import serve_app
+from pyra.backbone import backbone_structure
 from pyra.compare import CompareConfig, run_compare
 from pyra.data import DatasetSplit, ImageRecord
 from pyra.plan import plan_compare, training_memory_bytes
-from pyra.backbone import backbone_structure
 from pyra.train import TrainConfig
 from pyra_app import handlers
 from pyra_app.budget import Budget, BudgetError, folder_bytes
 from pyra_app.messages import public_text
 from pyra_app.session import MARKER, open_session, sweep_idle_sessions
+from test_hostile_inputs import zip_bytes
 
 MB = 2**20
 LIMITS = {"PYRA_SESSION_DISK_MB": "8", "PYRA_MAX_TRAININGS": "6", "PYRA_MAX_IMG_SIZE": "128",
@@ -53,14 +53,6 @@ def png_bytes(size: tuple[int, int] = (24, 24), seed: int = 0, blank: str = "") 
              Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)))
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def zip_bytes(entries: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as archive:
-        for name, data in entries.items():
-            archive.writestr(name, data)
     return buffer.getvalue()
 
 
