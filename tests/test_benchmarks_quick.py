@@ -165,3 +165,27 @@ def test_session_load_quick_holds_its_invariants(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "session_load.json").read_text())
     assert report["failures"] == []
     assert len(report["sessions"]) == 2 and len(report["stops"]) == 3
+
+
+def test_train_memory_quick_estimate_covers_what_it_measures(tmp_path: Path) -> None:
+    run_script("train_memory.py", "--quick", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "perf" / "train_memory.json").read_text())
+    assert len(report["rows"]) == 3 and all(row["measured_mb"] > 0 for row in report["rows"])
+    assert all(row["estimate_mb"] >= row["measured_mb"] for row in report["rows"]), report["rows"]
+
+
+def test_quick_demo_recipe_quick_covers_its_grid(tmp_path: Path) -> None:
+    run_script("quick_demo_recipe.py", "--quick", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "results" / "quick_demo_recipe.json").read_text())
+    assert [(cell["split_seed"], cell["lr"]) for cell in report["cells"]] == [(1, 1e-3), (1, 3e-3)]
+    assert report["chosen_lr"] in (1e-3, 3e-3)
+    for cell in report["cells"]:
+        assert set(cell["tome"]) == set(cell["pyra"]) == {"0.0", "0.5", "1.0"} and set(cell["none"]) == {"0.0"}
+
+
+def test_space_abuse_quick_holds_its_bounds(tmp_path: Path) -> None:
+    run_script("space_abuse.py", "--quick", "--out", str(tmp_path), timeout_s=600)  # exits 1 if a bound breaks
+    report = json.loads((tmp_path / "perf" / "space_abuse.json").read_text())
+    assert report["failures"] == [] and report["preview"]["outcome"] == "complete"
+    assert report["heavy_training"]["status"].startswith("**Stopped**: the job reached its time limit")
+    assert (tmp_path / "space_abuse.md").is_file()
