@@ -230,17 +230,17 @@ def _jobs(config: CompareConfig, levels: list[Level]) -> list[tuple[int, str, Le
     return jobs
 
 
-def _levels(data: DatasetSplit, config: CompareConfig) -> tuple[list[Level], VitGeometry]:
-    """The sweep's levels and the backbone geometry at the run's input size."""
+def _levels(data: DatasetSplit, config: CompareConfig) -> tuple[list[Level], VitGeometry, int]:
+    """The sweep's levels, the backbone geometry at the run's input size, and that size in px."""
     target_config = _run_config(data, config, "pyra", config.seeds[0], config.schedule)
     geo = geometry(backbone_structure(config.backbone, len(data.classes), target_config.img_size))
-    return sweep_levels(list(target_config.schedule), config.levels, geo), geo
+    return sweep_levels(list(target_config.schedule), config.levels, geo), geo, target_config.img_size
 
 
 def planned_jobs(data: DatasetSplit, config: CompareConfig) -> tuple[list[tuple[int, str, Level]], int]:
     """(the trainings `run_compare` will run, in order; the input size in px), without training anything."""
-    levels, _ = _levels(data, config)
-    return _jobs(config, levels), _run_config(data, config, "pyra", config.seeds[0], config.schedule).img_size
+    levels, _, img_size = _levels(data, config)
+    return _jobs(config, levels), img_size
 
 
 def run_compare(
@@ -256,7 +256,7 @@ def run_compare(
     out_dir.mkdir(parents=True, exist_ok=True)  # the only folder created with its parents: if out_dir is
     # removed while the job runs (the app's session ended), later writes fail instead of re-creating it
     report = on_progress or (lambda progress: None)
-    levels, geo = _levels(data, config)
+    levels, geo, _ = _levels(data, config)
     run_dirs: dict[str, Path] = {}
     histories: dict[str, list[dict]] = {}
     jobs = _jobs(config, levels)
