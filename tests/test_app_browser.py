@@ -37,6 +37,21 @@ def browser():
         launched.close()
 
 
+def set_text(page, box, text: str) -> None:
+    """Type into a text box that may have just been mounted (an accordion opening), and check the text stayed:
+    a box mounted a moment before can take its initial value back once after an early fill."""
+    from playwright.sync_api import expect
+
+    expect(box).to_be_editable(timeout=30_000)
+    for _ in range(3):
+        box.fill(text)
+        box.blur()
+        page.wait_for_timeout(500)  # let the component settle before reading the value back
+        if box.input_value() == text:
+            return
+    expect(box).to_have_value(text)
+
+
 def set_number(page, elem_id: str, value) -> None:
     """Set a Number (type and commit) or a Slider (move its range input), then check it took."""
     from playwright.sync_api import expect
@@ -147,9 +162,7 @@ def test_values_over_the_limits_get_the_apps_message_in_the_browser(browser, tmp
         page.locator(".toast-close").first.click()
         set_number(page, "img-size", 0)
         page.get_by_text("Repeats and measurement").click()
-        seeds = page.get_by_label("Seeds")
-        seeds.fill(", ".join(map(str, range(100))))
-        seeds.blur()
+        set_text(page, page.get_by_label("Seeds"), ", ".join(map(str, range(100))))
         page.locator("#train-btn").click()
         expect(page.locator(".toast-body").first).to_contain_text("more than the limit of 15 per request",
                                                                    timeout=60_000)
