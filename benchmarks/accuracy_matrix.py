@@ -26,22 +26,21 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.matrix_runner import run_pairs
+from pyra.data.datasets import DatasetSplit, load_dataset
+from pyra.method.schedule import Method, ScheduleSpec
+from pyra.report.tables import machine_info
+from pyra.run.metrics import evaluate
+from pyra.run.one_run import make_run_config, model_dataset, train_run
+from pyra.run.run_config import RunConfig
+from pyra.run.speed_bench import SWEEP_LEVELS
+from pyra.run.train import TrainConfig
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from benchmarks.matrix_runner import run_pairs  # noqa: E402
-from pyra.bench import SWEEP_LEVELS, machine_info  # noqa: E402
-from pyra.checkpoint import RunConfig  # noqa: E402
-from pyra.data import DatasetSplit, load_dataset  # noqa: E402
-from pyra.evaluate import evaluate  # noqa: E402
-from pyra.patch import Method  # noqa: E402
-from pyra.pipeline import make_run_config, model_dataset, train_run  # noqa: E402
-from pyra.schedule import ScheduleSpec  # noqa: E402
-from pyra.train import TrainConfig  # noqa: E402
 
 
 @dataclass(frozen=True)

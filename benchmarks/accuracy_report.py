@@ -16,11 +16,11 @@ from typing import Any, Optional
 
 import plotly.graph_objects as go
 
-from pyra.backbone import backbone_structure
-from pyra.bench import markdown_table
-from pyra.patch import geometry
-from pyra.schedule import flops_ratio
-from pyra.stats import paired_seed_difference, seed_summary
+from pyra.backbones.factory import backbone_structure
+from pyra.method.patch import geometry
+from pyra.method.schedule import flops_ratio
+from pyra.report.stats import paired_seed_difference, seed_summary
+from pyra.report.tables import markdown_table
 
 UNCOMPRESSED = "none"
 LABELS = {"uncompressed": "LoRA, uncompressed", "tome_free": "ToMe training-free", "tome": "ToMe + LoRA",

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
+from pyra.data.datasets import load_dataset
+from pyra.report.tables import machine_info
+from pyra.run.one_run import make_run_config, train_run
+from pyra.run.train import TrainConfig
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-
-import torch  # noqa: E402
-
-from pyra.bench import machine_info  # noqa: E402
-from pyra.data import load_dataset  # noqa: E402
-from pyra.pipeline import make_run_config, train_run  # noqa: E402
-from pyra.train import TrainConfig  # noqa: E402
 
 
 def run(backbone: str, epochs: int, out: Path, max_per_class: int | None = None) -> dict:

@@ -16,13 +16,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+from pyra.data.datasets import load_dataset
+from pyra.report.tables import machine_info
+from pyra.run.compare import run_compare
+from pyra.run.comparison import CompareConfig
+from pyra.run.recipes import DEFAULT_RECIPE
 
-from pyra.bench import machine_info  # noqa: E402
-from pyra.compare import CompareConfig, run_compare  # noqa: E402
-from pyra.data import load_dataset  # noqa: E402
-from pyra.recipes import DEFAULT_RECIPE  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:

@@ -8,13 +8,13 @@
 For every dataset and seed (the seed draws the train/validation split, half of each class held
 out so that every accuracy rests on as many images as the training had, and seeds the training),
 at five levels (fractions 0, 1/4, 1/2, 3/4, 1 of the "high" schedule), all with the default
-recipe (head start, pyra.recipes.DEFAULT_RECIPE):
+recipe (head start, pyra.run.recipes.DEFAULT_RECIPE):
 - probe: logistic regression on the frozen backbone's features at that level (the head start alone);
 - uncompressed: LoRA without merging; tome_free: that model merged training-free at each level;
 - for ToMe + LoRA and PYRA + LoRA, variant
   per-level: one model trained at each level (the level-0 model is the uncompressed one),
   target-only: the per-level model of the last level evaluated at every level (off-target),
-  uniform / sandwich: one elastic model (pyra.elastic) evaluated at every level.
+  uniform / sandwich: one elastic model (pyra.method.elastic) evaluated at every level.
 Nothing is selected on the validation split. Writes <out>/results/elastic_matrix*.json, rewritten
 after every (dataset, seed); benchmarks/results_report.py renders docs/RESULTS.md from it.
 """
@@ -28,25 +28,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from torch import nn
+
+from benchmarks.matrix_runner import run_pairs
+from pyra.backbones.factory import backbone_structure
+from pyra.data.datasets import load_dataset
+from pyra.method.patch import geometry
+from pyra.report.tables import machine_info
+from pyra.run.comparison import Level, sweep_levels
+from pyra.run.head_start import probe_correct
+from pyra.run.metrics import evaluate
+from pyra.run.one_run import make_run_config, model_dataset, train_run
+from pyra.run.recipes import DEFAULT_RECIPE
+from pyra.run.run_config import build_model
+from pyra.run.train import TrainConfig
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from benchmarks.matrix_runner import run_pairs  # noqa: E402
-from pyra.backbone import backbone_structure  # noqa: E402
-from pyra.bench import machine_info  # noqa: E402
-from pyra.checkpoint import build_model  # noqa: E402
-from pyra.compare import Level, sweep_levels  # noqa: E402
-from pyra.data import DatasetSplit, load_dataset  # noqa: E402
-from pyra.evaluate import evaluate  # noqa: E402
-from pyra.head_start import probe_correct  # noqa: E402
-from pyra.patch import geometry  # noqa: E402
-from pyra.pipeline import make_run_config, model_dataset, train_run  # noqa: E402
-from pyra.recipes import DEFAULT_RECIPE  # noqa: E402
-from pyra.train import TrainConfig  # noqa: E402
 
 VARIANTS = ("per-level", "target-only", "uniform", "sandwich")
 

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from benchmarks.accuracy_report import verdict
-from pyra.bench import markdown_table
-from pyra.stats import SeedSummary, paired_seed_difference, seed_summary
+from pyra.report.methods import method_label
+from pyra.report.stats import SeedSummary, paired_seed_difference, seed_summary
+from pyra.report.tables import markdown_table
 
-METHOD_LABELS = {"tome": "ToMe + LoRA", "pyra": "PYRA + LoRA"}
+METHOD_LABELS = {key: method_label(key) for key in ("tome", "pyra")}
 VARIANT_LABELS = {"per-level": "one model per level", "target-only": "target-only, off-target",
                   "uniform": "elastic uniform", "sandwich": "elastic sandwich"}
 Pair = tuple[str, int]  # (dataset, seed)

@@ -4,8 +4,8 @@
     python benchmarks/engine_speed.py --quick --out /tmp/speedq  # vit_tiny at 112 px, 1 thread (< 2 minutes)
 
 For each backbone x image size x thread count, one interleaved run measures the uncompressed
-model, the patched r=0 model, and ToMe and PYRA at every level of pyra.bench.SWEEP_LEVELS
-(`pyra.bench.bench_sweep`). Writes <out>/PERFORMANCE.md, <out>/perf/engine_speed.json and
+model, the patched r=0 model, and ToMe and PYRA at every level of pyra.run.speed_bench.SWEEP_LEVELS
+(`pyra.run.speed_bench.bench_sweep`). Writes <out>/PERFORMANCE.md, <out>/perf/engine_speed.json and
 <out>/charts/{speed,latency}_vs_flops.{html,png} (<out> defaults to docs/); the training-step
 section is read from <out>/perf/train_speed.json (benchmarks/train_speed.py).
 Run it on a quiet machine: other processes on the same cores move every figure.
@@ -25,21 +25,14 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+from benchmarks.charts import write_chart
+from pyra.backbones.factory import BackboneError, backbone_structure
+from pyra.method.patch import geometry
+from pyra.method.schedule import forward_flops, resolve_schedule
+from pyra.report.tables import machine_info, markdown_table, spread_text
+from pyra.run.speed_bench import SWEEP_LEVELS, bench_sweep, level_label
 
-from benchmarks.charts import write_chart  # noqa: E402
-from pyra.backbone import BackboneError, backbone_structure  # noqa: E402
-from pyra.bench import (  # noqa: E402
-    SWEEP_LEVELS,
-    bench_sweep,
-    level_label,
-    machine_info,
-    markdown_table,
-    spread_text,
-)
-from pyra.patch import geometry  # noqa: E402
-from pyra.schedule import forward_flops, resolve_schedule  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BACKBONES = ("vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224", "default")
 SIZES = (112, 224)

@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+from benchmarks.charts import chromium_path
+from benchmarks.session_load import serve_app
+from pyra.report.tables import machine_info
 
-from benchmarks.charts import chromium_path  # noqa: E402
-from benchmarks.session_load import serve_app  # noqa: E402
-from pyra.bench import machine_info  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 LIMIT_S = 180.0  # the demo's promise on 2 CPU cores

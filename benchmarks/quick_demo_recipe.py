@@ -15,27 +15,25 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from pyra.data.datasets import load_dataset
+from pyra.method.elastic import scaled_schedule
+from pyra.method.patch import set_schedule
+from pyra.report.tables import machine_info
+from pyra.run.one_run import make_run_config, model_dataset
+from pyra.run.predict import predict
+from pyra.run.recipes import DEFAULT_RECIPE
+from pyra.run.run_config import build_model
+from pyra.run.train import train
+from pyra_app.handlers import QUICK_DEMO_DATA, QUICK_DEMO_TRAIN
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-
-import torch  # noqa: E402
-
-from pyra.bench import machine_info  # noqa: E402
-from pyra.checkpoint import build_model  # noqa: E402
-from pyra.data import load_dataset  # noqa: E402
-from pyra.elastic import scaled_schedule  # noqa: E402
-from pyra.patch import set_schedule  # noqa: E402
-from pyra.pipeline import make_run_config, model_dataset  # noqa: E402
-from pyra.predict import predict  # noqa: E402
-from pyra.recipes import DEFAULT_RECIPE  # noqa: E402
-from pyra.train import train  # noqa: E402
-from pyra_app.handlers import QUICK_DEMO_DATA, QUICK_DEMO_TRAIN  # noqa: E402
 
 FULL = {"splits": (1, 2), "lrs": (1e-3, 3e-3), "backbone": "default", "img_size": None,
         "epochs": QUICK_DEMO_TRAIN.epochs}

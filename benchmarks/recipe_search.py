@@ -23,17 +23,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from pyra.data.datasets import load_dataset
+from pyra.report.tables import machine_info
+from pyra.run.head_start import PROBE_C, probe_correct
+from pyra.run.one_run import make_run_config, model_dataset, train_run
+from pyra.run.recipes import DEFAULT_RECIPE
+from pyra.run.run_config import build_model
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
-
-import torch  # noqa: E402
-
-from pyra.bench import machine_info  # noqa: E402
-from pyra.checkpoint import build_model  # noqa: E402
-from pyra.data import load_dataset  # noqa: E402
-from pyra.head_start import PROBE_C, probe_correct  # noqa: E402
-from pyra.pipeline import make_run_config, model_dataset, train_run  # noqa: E402
-from pyra.recipes import DEFAULT_RECIPE  # noqa: E402
 
 FULL = {"datasets": {"fashion": 40, "digits": 40}, "seeds": (100,), "lrs": (1e-3, 3e-3, 1e-2),
         "backbone": "default", "img_size": 112, "epochs": 3,

@@ -17,13 +17,12 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+from benchmarks.accuracy_report import accuracy_section, load_matrices
+from benchmarks.charts import write_chart
+from benchmarks.elastic_report import elastic_section, load_elastic
+from pyra.report.tables import markdown_table
 
-from benchmarks.accuracy_report import accuracy_section, load_matrices  # noqa: E402
-from benchmarks.charts import write_chart  # noqa: E402
-from benchmarks.elastic_report import elastic_section, load_elastic  # noqa: E402
-from pyra.bench import markdown_table  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pct(value: float | None) -> str:

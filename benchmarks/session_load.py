@@ -41,13 +41,12 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+from pyra.files import size_text
+from pyra.report.tables import machine_info, markdown_table
+from pyra_app.budget import folder_bytes
+from pyra_app.session import session_dir_name
 
-from pyra.bench import machine_info, markdown_table  # noqa: E402
-from pyra.safe_zip import size_text  # noqa: E402
-from pyra_app.budget import folder_bytes  # noqa: E402
-from pyra_app.session import session_dir_name  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 TINY_BACKBONE = "random:vit_tiny_patch16_224"
 # backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, bench repeats
@@ -116,7 +115,7 @@ def serve_app(folder: Path, threads: int = 1, heartbeat_s: Optional[float] = Non
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"app.py did not answer within {timeout_s} s:\n{log_path.read_text()[-3000:]}")
+                    raise RuntimeError(f"app.py did not answer within {timeout_s} s:\n{log_path.read_text()[-3000:]}") from None
                 time.sleep(0.5)
         yield App(app.url, process.pid, app.work_root, app.gradio_temp)
     finally:

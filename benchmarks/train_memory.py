@@ -1,4 +1,4 @@
-"""Peak memory one training adds, measured, next to the estimate `pyra.plan` checks before training.
+"""Peak memory one training adds, measured, next to the estimate `pyra.run.plan` checks before training.
 
     python benchmarks/train_memory.py            # default backbone, 9 sizes x batches (about 3 minutes)
     python benchmarks/train_memory.py --quick    # 3 configurations
@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 FULL = [(112, 1), (112, 16), (112, 32), (112, 64), (168, 16), (224, 8), (224, 16), (280, 8), (448, 1)]
 QUICK = [(112, 1), (112, 16), (168, 8)]
@@ -32,12 +31,12 @@ def measure_one(img_size: int, batch: int, method: str) -> dict:
     """In this process: the peak memory (MB) one training of `batch` images adds, and the estimate."""
     import torch
 
-    from pyra.backbone import backbone_structure
-    from pyra.checkpoint import RunConfig, build_model
-    from pyra.patch import geometry
-    from pyra.plan import training_memory_bytes
-    from pyra.schedule import resolve_schedule
-    from pyra.train import TrainConfig, train
+    from pyra.backbones.factory import backbone_structure
+    from pyra.method.patch import geometry
+    from pyra.method.schedule import resolve_schedule
+    from pyra.run.plan import training_memory_bytes
+    from pyra.run.run_config import RunConfig, build_model
+    from pyra.run.train import TrainConfig, train
 
     torch.set_num_threads(1)
     classes = ("a", "b", "c", "d")
@@ -73,7 +72,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure_one(args.one[0], args.one[1], args.method)))
         return
-    from pyra.bench import machine_info
+    from pyra.report.tables import machine_info
 
     rows = []
     for img_size, batch in QUICK if args.quick else FULL:

@@ -20,14 +20,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
+from pyra.method.patch import geometry
+from pyra.method.schedule import flops_ratio, resolve_schedule
+from pyra.report.tables import machine_info
+from pyra.run.run_config import RunConfig, build_model
+from pyra.run.train import TrainConfig, build_optimizer
 
-from pyra.bench import machine_info  # noqa: E402
-from pyra.checkpoint import RunConfig, build_model  # noqa: E402
-from pyra.patch import geometry  # noqa: E402
-from pyra.schedule import flops_ratio, resolve_schedule  # noqa: E402
-from pyra.train import TrainConfig, build_optimizer  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 METHODS = ("none", "tome", "pyra")
 

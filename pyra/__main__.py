@@ -1,3 +1,3 @@
-from pyra.cli import main
+from pyra.cli.main import main
 
 raise SystemExit(main())

@@ -13,7 +13,7 @@ disk of all sessions         5000 MB   PYRA_TOTAL_DISK_MB            before a zi
 trainings per request        15        PYRA_MAX_TRAININGS            seeds x methods (x levels, per-level)
 image size                   448 px    PYRA_MAX_IMG_SIZE             before training
 batch size                   64        PYRA_MAX_BATCH                before training
-training memory (estimate)   600 MB    PYRA_MAX_TRAIN_MEMORY_MB      before training (pyra.plan)
+training memory (estimate)   600 MB    PYRA_MAX_TRAIN_MEMORY_MB      before training (pyra.run.plan)
 wall time per job            15 min    PYRA_JOB_MINUTES              while training: the job stops there
 idle time of a session       60 min    PYRA_SESSION_IDLE_MINUTES     its folder is removed after it
 uploaded weights file        400 MB    PYRA_MAX_WEIGHTS_MB           before the file is read
@@ -27,8 +27,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyra.plan import ComparePlan
-from pyra.safe_zip import Limits, WriteBudget, env_int, size_text
+from pyra.data.limits import Limits, WriteBudget, env_int
+from pyra.files import size_text
+from pyra.run.plan import ComparePlan
 
 __all__ = ["Budget", "folder_bytes", "BudgetError"]
 

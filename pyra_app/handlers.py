@@ -2,7 +2,7 @@
 
 Every handler takes the session `Session` (from ``gr.State``) first and returns it when it
 changes it. Engine errors are `ValueError`s with a message written for users
-(DataError, CheckpointError, BackboneError, ...), or a full disk (`pyra.disk.is_disk_full`): they
+(DataError, CheckpointError, BackboneError, ...), or a full disk (`pyra.files.is_disk_full`): they
 reach the browser as `gr.Error` pop-ups or status lines, never as tracebacks. Nothing here
 touches tensors.
 """
@@ -21,17 +21,22 @@ import gradio as gr
 import pandas as pd
 from PIL import Image
 
-from pyra.checkpoint import DiskFullError
-from pyra.compare import run_compare
-from pyra.data import Limits, load_dataset, read_image
-from pyra.disk import is_disk_full
-from pyra.explain import inspect_layer, token_maps
-from pyra.plan import plan_compare
-from pyra.safe_zip import size_text
-from pyra.samples import example_photos
-from pyra.vis import (
-    accuracy_vs_throughput, confusion_matrix_figure, per_class_accuracy_figure, training_curves, tsne_figure,
+from pyra.data.datasets import load_dataset
+from pyra.data.images import read_image
+from pyra.data.limits import Limits
+from pyra.data.samples import example_photos
+from pyra.files import DiskFullError, is_disk_full, size_text
+from pyra.report.methods import METHOD_ORDER, method_label
+from pyra.report.plots import (
+    accuracy_vs_throughput,
+    confusion_matrix_figure,
+    per_class_accuracy_figure,
+    training_curves,
+    tsne_figure,
 )
+from pyra.report.traces import inspect_layer, token_maps
+from pyra.run.compare import run_compare
+from pyra.run.plan import plan_compare
 from pyra_app import views
 from pyra_app.budget import Budget, folder_bytes
 from pyra_app.messages import public_text
@@ -173,7 +178,7 @@ def load_zip(session: Optional[Session], zip_path: Optional[str], max_per_class:
 
 def _run_compare_in_thread(session: Session, config: Any, out_dir: Path, events: queue.Queue,
                            budget: Budget) -> threading.Thread:
-    """Start `pyra.compare.run_compare` in a worker thread; progress and the outcome go to `events`.
+    """Start `pyra.run.compare.run_compare` in a worker thread; progress and the outcome go to `events`.
 
     The job stops (as if Stop were pressed) when the session ends, when it has run for
     `budget.job_seconds`, or when the session's files outgrow its disk budget; `events` then
@@ -428,7 +433,7 @@ def _run_dir(result: Any, method: str, level: Any) -> Path:
     try:
         return Path(result.run_for(method, _level_index(result, level)))
     except KeyError:
-        raise UserError(f"this comparison has no {views.METHOD_LABELS.get(method, method)} run") from None
+        raise UserError(f"this comparison has no {method_label(method)} run") from None
 
 
 def _tokens_table(tokens: list[int], schedule: list[int]) -> pd.DataFrame:
@@ -464,19 +469,19 @@ def show_layer_maps(maps: Optional[dict], layer: Any) -> tuple:
 
 
 @friendly_errors
-def inspect(session: Optional[Session], image: Optional[str], method_label: Any, level: Any,
+def inspect(session: Optional[Session], image: Optional[str], model_choice: Any, level: Any,
             layer: Any) -> tuple:
     """Inside one layer: sets A/B, chosen merges, PYRA gates, and the formulas."""
     image = _input_image(image)
     result = _require_result(session)
-    method = "pyra" if "PYRA" in str(method_label or "PYRA") else "tome"
+    method = "pyra" if "PYRA" in str(model_choice or "PYRA") else "tome"
     schedule = _level_schedule(result, level)
     layer = views.slider_index(layer or 1, 1, len(schedule), "layer")
     view = inspect_layer(_run_dir(result, method, level), image, layer - 1, schedule=schedule,
                          method=method)
     pairs = pd.DataFrame(view.pairs, columns=["source_token", "destination_token", "similarity", "token_gate"])
     summary = (f"**Layer {layer}**: {view.tokens_in} tokens in, {view.r} merged "
-               f"({views.METHOD_LABELS[method]}).")
+               f"({method_label(method)}).")
     if view.gate_histogram is None and method == "pyra" and view.r:
         summary += " No gate values were recorded for this layer."
     return view.image, view.gate_histogram, pairs, summary + "\n\n" + view.explanation
@@ -491,9 +496,9 @@ def insights(session: Optional[Session], run_key: Optional[str]) -> tuple:
     if result is None or not run_key or not isinstance(run_key, str):
         return None, None, None, "No comparison yet."
     method = run_key.partition("@")[0]
-    label = views.METHOD_LABELS.get(method, method)
+    label = method_label(method)
     curve = training_curves(result.histories.get(run_key, []))
-    reports = {m: result.reports[m] for m in views.METHOD_ORDER if m in (result.reports or {})}
+    reports = {m: result.reports[m] for m in METHOD_ORDER if m in (result.reports or {})}
     confusion, notes = None, []
     if method in reports:
         report = reports[method]
@@ -503,8 +508,7 @@ def insights(session: Optional[Session], run_key: Optional[str]) -> tuple:
         notes.append(f"No confusion matrix was recorded for {label}.")
     per_class = None
     if reports:
-        per_class = per_class_accuracy_figure({views.METHOD_LABELS.get(m, m): r["per_class_accuracy"]
-                                               for m, r in reports.items()})
+        per_class = per_class_accuracy_figure({m: r["per_class_accuracy"] for m, r in reports.items()})
         notes.insert(0, "Confusion matrix and per-class accuracy: measured at the trained target level "
                         "(the last compression level), first seed.")
     else:
@@ -521,7 +525,7 @@ def tsne(session: Optional[Session]) -> tuple:
     except (OSError, KeyError) as error:
         raise UserError(f"this comparison stored no validation features ({error}); train it again") from None
     labels = stored.pop("labels", None)
-    features = {views.METHOD_LABELS.get(method, method): stored[method] for method in views.METHOD_ORDER
+    features = {method: stored[method] for method in METHOD_ORDER
                 if stored.get(method) is not None and len(stored[method])}
     if labels is None or not features:
         raise UserError("this comparison stored no validation features; train it again")

@@ -47,7 +47,7 @@ class Radio(gr.Radio):
 class Image(gr.Image):
     """An image input that hands the handler the uploaded file's path, unopened.
 
-    The handler decodes it under the app's pixel and size limits (`pyra.data.read_image`).
+    The handler decodes it under the app's pixel and size limits (`pyra.data.images.read_image`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any):

@@ -15,7 +15,6 @@ import gradio as gr
 
 __all__ = ["Number", "Slider", "Dropdown", "Radio", "Image", "StudioBlocks", "field_name"]
 
-from gradio.events import Dependency
 
 class Number(gr.Number):
     """A number field whose raw value (any JSON) reaches the handler."""
@@ -68,7 +67,7 @@ class Radio(gr.Radio):
 class Image(gr.Image):
     """An image input that hands the handler the uploaded file's path, unopened.
 
-    The handler decodes it under the app's pixel and size limits (`pyra.data.read_image`).
+    The handler decodes it under the app's pixel and size limits (`pyra.data.images.read_image`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any):

@@ -46,8 +46,8 @@ class Session:
 
     workdir: Path
     cancel: threading.Event = field(default_factory=threading.Event)  # set by the Stop button
-    data: Any = None  # pyra.data.DatasetSplit
-    result: Any = None  # pyra.compare.CompareResult of the latest comparison
+    data: Any = None  # pyra.data.datasets.DatasetSplit
+    result: Any = None  # pyra.run.comparison.CompareResult of the latest comparison
     runs: int = 0  # comparisons started, for numbered output folders
     job: Optional[threading.Thread] = None  # the worker of the running comparison
 

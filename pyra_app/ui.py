@@ -7,7 +7,7 @@ from typing import Any
 
 import gradio as gr
 
-from pyra.samples import example_photos, list_samples
+from pyra.data.samples import example_photos, list_samples
 from pyra_app import handlers as h
 from pyra_app import inputs, views
 from pyra_app.budget import Budget
@@ -71,7 +71,7 @@ def _train_tab(c: SimpleNamespace) -> None:
             with gr.Row():
                 c.img_size = inputs.Number(0, precision=0, minimum=0, label="Image size, px (0 = automatic)",
                                            elem_id="img-size")
-                c.lora_rank = inputs.Slider(1, views.MAX_LORA_RANK, value=4, step=1, label="LoRA rank")
+                c.lora_rank = inputs.Slider(1, views.MAX_LORA_RANK, value=views.TrainSettings.lora_rank, step=1, label="LoRA rank")
             c.schedule = inputs.Dropdown(["low", "high"], value="high", allow_custom_value=True,
                                          label="Target compression",
                                          info="low / high (the paper's), a FLOPs ratio like 2.5, r per layer like 4, "

@@ -17,20 +17,14 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 from PIL import Image
 
-from pyra.compare import PROTOCOLS, CompareConfig
-from pyra.recipes import DEFAULT_RECIPE
-from pyra.schedule import parse_schedule
-from pyra.stats import min_detectable_difference
-from pyra.train import MAX_SEED
+from pyra.method.schedule import parse_schedule
+from pyra.report.methods import METHOD_ORDER, method_label
+from pyra.report.stats import min_detectable_difference
+from pyra.run.comparison import PROTOCOLS, CompareConfig
+from pyra.run.recipes import DEFAULT_RECIPE
+from pyra.run.train import MAX_SEED
 from pyra_app.budget import Budget
 
-METHOD_ORDER = ("uncompressed", "tome_free", "tome", "pyra")
-METHOD_LABELS = {
-    "uncompressed": "LoRA, uncompressed",
-    "tome_free": "ToMe training-free",
-    "tome": "ToMe + LoRA",
-    "pyra": "PYRA + LoRA",
-}
 COMPARE_HEADERS = [
     "Method", "Accuracy [95% CI]", "Trained for this level", "Latency ms, batch 1", "Throughput img/s",
     "GFLOPs / image", "FLOPs ratio", "Threads",
@@ -65,7 +59,7 @@ class DataPreview:
 
 
 def data_preview(split: Any, per_class: int = 4) -> DataPreview:
-    """What the Data tab shows about a loaded `pyra.data.DatasetSplit`."""
+    """What the Data tab shows about a loaded `pyra.data.datasets.DatasetSplit`."""
     counts = [[name, n_train, n_val] for name, (n_train, n_val) in split.class_counts().items()]
     total_train, total_val = len(split.train), len(split.val)
     summary = (
@@ -103,7 +97,7 @@ def display_image(image: Image.Image, size: int = PREVIEW_SIZE) -> Image.Image:
 
 
 def sample_choices(samples: Iterable[Any]) -> list[tuple[str, str]]:
-    """Dropdown (label, value) pairs for `pyra.samples.list_samples()`."""
+    """Dropdown (label, value) pairs for `pyra.data.samples.list_samples()`."""
     return [(f"{s.name}: {s.description} ({s.num_images} images)", s.name) for s in samples]
 
 
@@ -116,16 +110,16 @@ class TrainSettings:
     backbone: str = "default"
     weights: Optional[str] = None  # uploaded weights file for a timm architecture
     img_size: Optional[int] = None  # None: the backbone's default
-    lora_rank: int = 4
+    lora_rank: int = DEFAULT_RECIPE.lora_rank
     epochs: int = DEFAULT_RECIPE.train.epochs
     batch_size: int = DEFAULT_RECIPE.train.batch_size
     lr: float = DEFAULT_RECIPE.train.lr
     pyra_lr: float = DEFAULT_RECIPE.train.pyra_lr
-    schedule: str = "high"  # as typed: low / high / r / r1,r2,... / FLOPs ratio (see pyra.schedule.parse_schedule)
+    schedule: str = "high"  # as typed: low / high / r / r1,r2,... / FLOPs ratio (see pyra.method.schedule.parse_schedule)
     seeds: tuple[int, ...] = (0,)
     num_levels: int = 5
     bench_repeats: int = 5
-    protocol: str = "elastic"  # see pyra.compare: "elastic" or "per-level"
+    protocol: str = "elastic"  # see pyra.run.compare: "elastic" or "per-level"
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -258,7 +252,7 @@ def _protocol(value: Any) -> str:
 
 
 def compare_config(settings: TrainSettings) -> CompareConfig:
-    """A `pyra.compare.CompareConfig` from validated settings (ValueError on a bad schedule)."""
+    """A `pyra.run.comparison.CompareConfig` from validated settings (ValueError on a bad schedule)."""
     if settings.weights and settings.backbone == "default":
         raise ValueError("a weights file needs the timm architecture it was saved from as the backbone, "
                          "e.g. vit_small_patch16_224 (not 'default')")
@@ -311,7 +305,7 @@ def format_duration(seconds: Optional[float]) -> str:
 
 
 def progress_status(progress: Any, elapsed_s: float) -> str:
-    """One Markdown status line for a `pyra.compare.CompareProgress`."""
+    """One Markdown status line for a `pyra.run.comparison.CompareProgress`."""
     parts = [f"**{progress.stage}** ({100 * progress.fraction:.0f}%)"]
     if progress.step is not None and progress.total_steps:
         parts.append(f"step {progress.step}/{progress.total_steps}")
@@ -372,7 +366,7 @@ def compare_table(rows: Iterable[dict]) -> list[list[str]]:
             accuracy += f" [{_percent(row['accuracy_low'])}-{_percent(row['accuracy_high'])}]"
         gflops = row.get("gflops")
         table.append([
-            row.get("method_label") or METHOD_LABELS.get(row["method"], row["method"]),
+            row.get("method_label") or method_label(row["method"]),
             accuracy,
             TRAINING_TEXT.get(row.get("training", ""), "?"),
             _spread(row.get("latency_ms"), row.get("latency_p25"), row.get("latency_p75"), 1),
@@ -440,9 +434,9 @@ def sample_size_hint(rows: Sequence[dict]) -> str:
 
 
 def chart_rows(rows: Iterable[dict]) -> list[dict]:
-    """Rows for the accuracy-vs-throughput chart, with the method replaced by its display label."""
-    return [row | {"method": row.get("method_label") or METHOD_LABELS.get(row["method"], row["method"])}
-            for row in ordered_rows(rows)]
+    """Rows for the accuracy-vs-throughput chart, in method order; each keeps its method key, which
+    gives its label and its colour."""
+    return ordered_rows(rows)
 
 
 def highlight_point(rows: Sequence[dict]) -> Optional[dict]:
@@ -450,7 +444,7 @@ def highlight_point(rows: Sequence[dict]) -> Optional[dict]:
     chosen = next((row for row in rows if row["method"] == "pyra"), rows[0] if rows else None)
     if chosen is None:
         return None
-    return {"method": chart_rows([chosen])[0]["method"], "schedule_label": chosen["schedule_label"]}
+    return {"method": chosen["method"], "schedule_label": chosen["schedule_label"]}
 
 
 # ---------------------------------------------------------------- runs, insights, export
@@ -462,7 +456,7 @@ def run_choices(run_dirs: dict[str, Path]) -> list[tuple[str, str]]:
     for key in run_dirs:
         method, _, rest = key.partition("@")
         seed, _, level = rest.partition(":L")
-        label = METHOD_LABELS.get(method, method)
+        label = method_label(method)
         label = f"{label}, seed {seed}" if seed else label
         choices.append((f"{label}, level {int(level) + 1}" if level else label, key))
     return choices
@@ -501,9 +495,10 @@ import torch
 from PIL import Image
 
 import pyra
-from pyra.backbone import data_config
-from pyra.checkpoint import load_run
-from pyra.data import make_transform, to_rgb
+from pyra.backbones.factory import data_config
+from pyra.run.checkpoint import load_run
+from pyra.data.datasets import make_transform
+from pyra.data.images import to_rgb
 
 IMAGE = "photo.jpg"  # any image to classify
 

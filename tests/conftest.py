@@ -1,9 +1,9 @@
 """Shared fixtures: tiny, seeded, random-init timm ViTs that run in milliseconds on CPU."""
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
-import pytest
 
 torch.set_num_threads(1)  # tiny tensors: extra threads only add overhead on a shared machine
 

@@ -6,7 +6,6 @@ A tiny configuration keeps it under a minute on 2 CPU cores: a random-init ViT-T
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -16,10 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks.session_load import serve_app
 
-from benchmarks.session_load import serve_app  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 TINY_BACKBONE = "random:vit_tiny_patch16_224"
 # backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, bench repeats

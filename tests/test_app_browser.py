@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from test_app_api import TINY_BACKBONE, make_dataset_zip, running_app
 
 CHROMIUM = Path(os.environ.get("PYRA_CHROMIUM", "/usr/bin/chromium"))

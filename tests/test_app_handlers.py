@@ -16,7 +16,13 @@ from PIL import Image
 
 from pyra_app import handlers, views
 from pyra_app.session import (
-    MARKER, Session, end_session, end_session_by_hash, open_session, session_dir_name, sweep_idle_sessions,
+    MARKER,
+    Session,
+    end_session,
+    end_session_by_hash,
+    open_session,
+    session_dir_name,
+    sweep_idle_sessions,
 )
 
 
@@ -286,7 +292,7 @@ def test_stop_sets_the_session_event_of_a_running_job(tmp_path):
 
 
 def test_engine_error_during_training_reaches_status_and_popup(monkeypatch):
-    monkeypatch.setattr("pyra.backbone._hub_unreachable", lambda timeout_s=3.0: True)  # no hub: fails at build
+    monkeypatch.setattr("pyra.backbones.factory._hub_unreachable", lambda timeout_s=3.0: True)  # no hub: fails at build
     session = handlers.load_sample(None, "textures", 6, 0.25, fake_request())[0]
     updates = handlers.train(session, "vit_tiny_patch16_224", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
                              "elastic", fake_request())

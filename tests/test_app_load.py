@@ -5,14 +5,11 @@ time; here only their invariants are checked. One `python app.py` serves the who
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import session_load as load  # noqa: E402
+from benchmarks import session_load as load
 
 STOPS = 10
 

@@ -11,15 +11,9 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from pyra import backbone
-from pyra.backbone import (
-    BackboneError,
-    backbone_fingerprint,
-    create_backbone,
-    data_config,
-    default_img_size,
-)
-from pyra.onnx_dinov2 import FINAL_TOKENS_NAME
+from pyra.backbones import factory as backbone
+from pyra.backbones.factory import BackboneError, backbone_fingerprint, create_backbone, data_config, default_img_size
+from pyra.backbones.onnx_dinov2 import FINAL_TOKENS_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "vit_tiny_patch16_224"

@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import pyra
-from pyra import checkpoint
-from pyra.checkpoint import CheckpointError, RunConfig, build_model, load_config, load_metrics, load_run, save_run
-from pyra.parameters import parameter_kind
-from pyra.train import TrainConfig
+from pyra.method.parameters import parameter_kind
+from pyra.run import checkpoint
+from pyra.run.checkpoint import load_config, load_metrics, load_run, save_run
+from pyra.run.run_config import CheckpointError, RunConfig, build_model
+from pyra.run.train import TrainConfig
 
 FILES = {"config.json", "adapter.safetensors", "metrics.json"}
 

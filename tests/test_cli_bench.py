@@ -1,5 +1,5 @@
 """`python -m pyra bench` (JSON output with the documented fields; bad input gives one line, exit 2)
-and `pyra.bench.bench_sweep`, which benchmarks/engine_speed.py renders into docs/PERFORMANCE.md."""
+and `pyra.run.speed_bench.bench_sweep`, which benchmarks/engine_speed.py renders into docs/PERFORMANCE.md."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from benchmarks.engine_speed import performance_markdown
-from pyra.bench import bench_sweep
-from pyra.cli import main
+from pyra.cli.main import main
+from pyra.run.speed_bench import bench_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "vit_tiny_patch16_224", "--img-size", "32", "--batch", "2", "--threads", "1", "--repeats", "2"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pyra.recipes import DEFAULT_RECIPE
+from pyra.run.recipes import DEFAULT_RECIPE
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "random:vit_tiny_patch16_224", "--img-size", "64", "--epochs", "1", "--batch-size", "4",

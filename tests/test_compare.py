@@ -4,12 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pyra.checkpoint import load_config, load_run
-from pyra.compare import CompareConfig, load_compare, run_compare
-from pyra.data import DatasetSplit, ImageRecord
-from pyra.evaluate import evaluate
-from pyra.pipeline import model_dataset
-from pyra.train import TrainConfig
+from pyra.data.datasets import DatasetSplit, ImageRecord
+from pyra.run.checkpoint import load_config, load_run
+from pyra.run.compare import run_compare
+from pyra.run.comparison import CompareConfig, load_compare
+from pyra.run.metrics import evaluate
+from pyra.run.one_run import model_dataset
+from pyra.run.train import TrainConfig
 
 COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230)]
 
@@ -121,7 +122,7 @@ def test_elastic_protocol_needs_an_elastic_mode():
 
 
 def test_the_apps_chart_draws_trained_points_and_labels_the_training_free_one(comparison):
-    from pyra.plots import accuracy_vs_throughput
+    from pyra.report.plots import accuracy_vs_throughput
     from pyra_app import views
 
     result, _ = comparison

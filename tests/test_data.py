@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pyra.data import (
-    DataError, ImageDataset, ImageRecord, Limits, example_photos, list_samples, load_dataset,
-    make_transform, to_rgb,
-)
+from pyra.data.datasets import ImageDataset, ImageRecord, load_dataset, make_transform
+from pyra.data.images import to_rgb
+from pyra.data.limits import DataError, Limits
+from pyra.data.samples import example_photos, list_samples
 
 CLASSES = ["ant", "bee", "cat"]
 

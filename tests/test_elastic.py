@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-
-from pyra.checkpoint import build_model
-from pyra.elastic import LevelSampler, head_start_fractions, scaled_schedule
-from pyra.head_start import PROBE_MAX_ITER, fit_head, probe_correct
-from pyra.patch import set_schedule
-from pyra.train import TrainConfig, train
 from test_train import coloured_squares, dataset_for, tiny_run_config
+
+from pyra.method.elastic import LevelSampler, head_start_fractions, scaled_schedule
+from pyra.method.patch import set_schedule
+from pyra.run.head_start import PROBE_MAX_ITER, fit_head, probe_correct
+from pyra.run.run_config import build_model
+from pyra.run.train import TrainConfig, train
 
 TARGET = (2, 1) + (0,) * 10  # resolved (capped): 32 px ViT-Tiny has 4 patches + the class token
 

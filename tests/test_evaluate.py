@@ -1,4 +1,4 @@
-"""pyra.evaluate: metrics against a hand computation, merge settings restored, interleaved timing."""
+"""pyra.run.metrics: metrics against a hand computation, merge settings restored, interleaved timing."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import image_batch, make_tiny
 from torch import nn
 from torch.utils.data import TensorDataset
 
 import pyra
-import pyra.predict
-from pyra.evaluate import Spread, SpeedStats, classification_report, evaluate, measure_speed, speedup
-from pyra.stats import accuracy_interval
-from conftest import image_batch, make_tiny
+import pyra.run.predict
+from pyra.report.stats import accuracy_interval
+from pyra.run.metrics import classification_report, evaluate
+from pyra.run.speed import SpeedStats, Spread, measure_speed, speedup
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -63,13 +64,13 @@ def test_evaluate_at_other_setting_restores_merge_config(monkeypatch):
     pyra.patch(model, "pyra", 4)  # 65 tokens: r = 4 in every layer, never capped
     previous = model.merge_config
     seen = []
-    real_predict = pyra.predict.predict
+    real_predict = pyra.run.predict.predict
 
     def recording_predict(model, dataset, **kwargs):
         seen.append(model.merge_config)
         return real_predict(model, dataset, **kwargs)
 
-    monkeypatch.setattr(pyra.predict, "predict", recording_predict)
+    monkeypatch.setattr(pyra.run.predict, "predict", recording_predict)
     dataset = _dataset(model, n=2)
     evaluate(model, dataset, CLASSES, schedule=2, method="tome")  # training-free ToMe
     evaluate(model, dataset, CLASSES, schedule=3)  # PYRA below its trained r
@@ -84,7 +85,7 @@ def test_evaluate_at_other_setting_restores_merge_config(monkeypatch):
     def failing_predict(model, dataset, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(pyra.predict, "predict", failing_predict)
+    monkeypatch.setattr(pyra.run.predict, "predict", failing_predict)
     with pytest.raises(RuntimeError):
         evaluate(model, dataset, CLASSES, method="tome")
     assert model.merge_config is previous

@@ -25,14 +25,14 @@ import gradio as gr
 import pytest
 import torch
 from safetensors import safe_open
-
-from pyra.checkpoint import (
-    ADAPTER_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES, CheckpointError, DiskFullError, RunConfig, build_model,
-    load_metrics, load_run, save_run,
-)
-from pyra.data import DataError, load_dataset
-from pyra_app import handlers
 from test_app_api import TINY_TRAIN, make_dataset_zip
+
+from pyra.data.datasets import load_dataset
+from pyra.data.limits import DataError
+from pyra.files import DiskFullError
+from pyra.run.checkpoint import ADAPTER_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES, load_metrics, load_run, save_run
+from pyra.run.run_config import CheckpointError, RunConfig, build_model
+from pyra_app import handlers
 
 DIVERGING_TRAIN = TINY_TRAIN[:4] + (3, 8, 1e10, 1e10) + TINY_TRAIN[8:]  # a learning rate no run survives
 KILLS = 10

@@ -29,11 +29,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import pyra
-from pyra.backbone import BackboneError, backbone_structure, create_backbone
-from pyra.checkpoint import CheckpointError, RunConfig, build_model, load_run, save_run
-from pyra.data import DataError, ImageDataset, Limits, load_dataset, make_transform
-from pyra.merge import max_merge
-from pyra.train import TrainConfig
+from pyra.backbones.factory import BackboneError, backbone_structure, create_backbone
+from pyra.data.datasets import ImageDataset, load_dataset, make_transform
+from pyra.data.limits import DataError, Limits
+from pyra.method.merge import max_merge
+from pyra.run.checkpoint import load_run, save_run
+from pyra.run.run_config import CheckpointError, RunConfig, build_model
+from pyra.run.train import TrainConfig
 
 TINY = "vit_tiny_patch16_224"  # at 32 px: 4 patches + 1 class token, 12 blocks
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import image_batch, make_tiny
 
 import pyra
-from pyra.lora import lora_layers
-from conftest import image_batch, make_tiny
+from pyra.method.lora import lora_layers
 
 
 def _randomise_lora(model: torch.nn.Module) -> None:

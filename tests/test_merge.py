@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pyra.merge import bipartite_soft_matching, merge_source, merge_weighted
-from pyra.modulation import TokenModulator
+from pyra.method.merge import bipartite_soft_matching, merge_source, merge_weighted
+from pyra.method.modulation import TokenModulator
 
 
 def reference_merge(x, size, matching, modulate=None):

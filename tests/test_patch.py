@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import image_batch, make_tiny
 
 import pyra
-from pyra.patch import UnsupportedModelError
-from conftest import image_batch, make_tiny
+from pyra.method.patch import UnsupportedModelError
 
 
 @pytest.mark.parametrize("with_lora", [False, True])
@@ -17,7 +17,7 @@ def test_r0_reproduces_unpatched_model(tiny_key, with_lora, method):
     if with_lora:
         pyra.add_lora(model, rank=4)
         with torch.no_grad():  # a non-zero update, so LoRA takes part in the comparison
-            for layer in pyra.lora.lora_layers(model):
+            for layer in pyra.method.lora.lora_layers(model):
                 layer.lora_b.normal_(0, 0.05)
     x = image_batch(model)
     expected = model(x)
@@ -70,7 +70,7 @@ def test_only_lora_head_and_pyra_get_gradients():
     model.train()
     model(image_batch(model)).sum().backward()
     for name, param in model.named_parameters():
-        kind = pyra.parameters.parameter_kind(name)
+        kind = pyra.method.parameters.parameter_kind(name)
         if kind == "backbone":
             assert param.grad is None, name
         else:

@@ -18,19 +18,20 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
+from test_hostile_inputs import zip_bytes
 
 from benchmarks.http_client import RawClient
 from benchmarks.session_load import serve_app
-from pyra.backbone import backbone_structure
-from pyra.compare import CompareConfig, run_compare
-from pyra.data import DatasetSplit, ImageRecord
-from pyra.plan import plan_compare, training_memory_bytes
-from pyra.train import TrainConfig
+from pyra.backbones.factory import backbone_structure
+from pyra.data.datasets import DatasetSplit, ImageRecord
+from pyra.run.compare import run_compare
+from pyra.run.comparison import CompareConfig
+from pyra.run.plan import plan_compare, training_memory_bytes
+from pyra.run.train import TrainConfig
 from pyra_app import handlers
 from pyra_app.budget import Budget, BudgetError, folder_bytes
 from pyra_app.messages import public_text
 from pyra_app.session import MARKER, open_session, sweep_idle_sessions
-from test_hostile_inputs import zip_bytes
 
 MB = 2**20
 LIMITS = {"PYRA_SESSION_DISK_MB": "8", "PYRA_MAX_TRAININGS": "6", "PYRA_MAX_IMG_SIZE": "128",

@@ -6,9 +6,9 @@ import threading
 import torch
 from torch.utils.data import TensorDataset
 
-from pyra.checkpoint import RunConfig, build_model
-from pyra.predict import predict
-from pyra.train import TrainConfig, train
+from pyra.run.predict import predict
+from pyra.run.run_config import RunConfig, build_model
+from pyra.run.train import TrainConfig, train
 
 CONFIG = RunConfig(backbone="random:vit_tiny_patch16_224", img_size=32, num_classes=3, classes=("a", "b", "c"),
                    schedule=(1, 1, 1) + (0,) * 9, method="pyra", lora_dropout=0.1, drop_path_rate=0.1)

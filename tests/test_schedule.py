@@ -4,10 +4,11 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from conftest import image_batch, make_tiny
 from torch.utils.flop_counter import FlopCounterMode
 
 import pyra
-from pyra.schedule import (
+from pyra.method.schedule import (
     flops_ratio,
     inflection_schedule,
     named_target_ratio,
@@ -16,7 +17,6 @@ from pyra.schedule import (
     tokens_per_layer,
     vit_b16_geometry,
 )
-from conftest import image_batch, make_tiny
 
 VIT_B_LOW = [16] * 11 + [10]
 VIT_B_HIGH = [40, 34, 30, 24, 18, 14, 10, 8, 4, 4, 3, 3]
@@ -24,7 +24,7 @@ VIT_L_LOW = [8] * 23 + [6]
 VIT_L_HIGH = [20, 19, 18, 17, 15, 13, 13, 12, 10, 9, 8, 6, 6, 4, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1]
 
 
-def _meta_geometry(name: str, **kwargs) -> pyra.schedule.VitGeometry:
+def _meta_geometry(name: str, **kwargs) -> pyra.method.schedule.VitGeometry:
     with torch.device("meta"):
         return pyra.geometry(timm.create_model(name, pretrained=False, **kwargs))
 

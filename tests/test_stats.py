@@ -1,4 +1,4 @@
-"""pyra.stats against hand computations and known statistical behaviour (seeded, CPU, fast)."""
+"""pyra.report.stats against hand computations and known statistical behaviour (seeded, CPU, fast)."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pyra.stats import (
+from pyra.report.stats import (
     NO_CLEAR_DIFFERENCE,
     accuracy_interval,
     min_detectable_difference,

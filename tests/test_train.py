@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pyra.backbone import data_config
-from pyra.checkpoint import RunConfig, build_model
-from pyra.data import ImageDataset, ImageRecord, make_transform
-from pyra.parameters import parameter_kind
-from pyra.predict import predict
-from pyra.train import TrainConfig, build_optimizer, lr_at, train
+from pyra.backbones.factory import data_config
+from pyra.data.datasets import ImageDataset, ImageRecord, make_transform
+from pyra.method.parameters import parameter_kind
+from pyra.run.predict import predict
+from pyra.run.run_config import RunConfig, build_model
+from pyra.run.train import TrainConfig, build_optimizer, lr_at, train
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 60, 230)}
 

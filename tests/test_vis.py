@@ -8,7 +8,7 @@ import timm
 import torch
 
 import pyra
-from pyra import token_maps, vis
+from pyra.report import plots, token_maps
 
 GRID, PATCH, PREFIX = (4, 4), 8, 1  # 32 x 32 image, 16 patches + class token
 
@@ -27,14 +27,14 @@ def identity_source() -> torch.Tensor:
 
 
 def test_identity_source_paints_each_patch_its_mean(image):
-    painted = vis.token_map(image, identity_source(), GRID, PREFIX)
+    painted = token_maps.token_map(image, identity_source(), GRID, PREFIX)
     assert painted.size == (32, 32)
     out = np.asarray(painted).astype(float)
     for row, col in [(0, 0), (1, 2), (3, 3)]:
         mean = patch_pixels(image, row, col).reshape(-1, 3).mean(0)
         interior = patch_pixels(out, row, col)[1:, 1:]  # the outline sits on a group's first row/column
         assert np.abs(interior - mean).max() <= 1
-    plain = np.asarray(vis.token_map(image, identity_source(), GRID, PREFIX, outline=False)).astype(float)
+    plain = np.asarray(token_maps.token_map(image, identity_source(), GRID, PREFIX, outline=False)).astype(float)
     assert np.abs(patch_pixels(plain, 2, 1) - patch_pixels(image, 2, 1).reshape(-1, 3).mean(0)).max() <= 1
 
 
@@ -43,23 +43,23 @@ def test_merged_patches_share_their_size_weighted_mean(image):
     a, b = PREFIX + 5, PREFIX + 6  # patches (1, 1) and (1, 2): merge b into a
     source[a, b] = 1
     source = torch.cat([source[:b], source[b + 1:]])  # [N_0 - 1, N_0]
-    out = np.asarray(vis.token_map(image, source, GRID, PREFIX, outline=False)).astype(float)
+    out = np.asarray(token_maps.token_map(image, source, GRID, PREFIX, outline=False)).astype(float)
     expected = (patch_pixels(image, 1, 1).reshape(-1, 3).mean(0) + patch_pixels(image, 1, 2).reshape(-1, 3).mean(0)) / 2
     for col in (1, 2):
         assert np.abs(patch_pixels(out, 1, col) - expected).max() <= 1
-    outlined = np.asarray(vis.token_map(image, source, GRID, PREFIX))
+    outlined = np.asarray(token_maps.token_map(image, source, GRID, PREFIX))
     assert not (outlined[PATCH + 3, 2 * PATCH] == token_maps.OUTLINE).all()  # no line inside a group
     assert (outlined[PATCH + 3, 3 * PATCH] == token_maps.OUTLINE).all()  # a line between groups
 
 
 def test_bad_grid_is_reported(image):
     with pytest.raises(ValueError, match="num_prefix"):
-        vis.token_map(image, identity_source(), (3, 3), PREFIX)
+        token_maps.token_map(image, identity_source(), (3, 3), PREFIX)
 
 
 def test_panel_grows_with_layers_and_has_titles(image):
-    one = vis.token_map_panel(image, [identity_source()], GRID, PREFIX, cell=64)
-    five = vis.token_map_panel(image, [identity_source()] * 5, GRID, PREFIX, cell=64, columns=4)
+    one = token_maps.token_map_panel(image, [identity_source()], GRID, PREFIX, cell=64)
+    five = token_maps.token_map_panel(image, [identity_source()] * 5, GRID, PREFIX, cell=64, columns=4)
     assert five.width > one.width and five.height > one.height
     title_strip = np.asarray(one)[8:18, 8:8 + 64]
     assert (title_strip < 128).any()  # dark title text on white
@@ -76,35 +76,35 @@ def test_traced_forward_gives_panel_and_inspector():
     grid, prefix = model.patch_embed.grid_size, model.num_prefix_tokens
     picture = np.random.default_rng(1).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
     sources = [s[0] for s in pyra.token_sources(model)]
-    panel = vis.token_map_panel(picture, sources, grid, prefix, columns=6, cell=96)
+    panel = token_maps.token_map_panel(picture, sources, grid, prefix, columns=6, cell=96)
     assert panel.width == 6 * (96 + 8) + 8 and panel.height > 2 * 96
 
     records = pyra.layer_records(model)
-    before = vis.source_entering(pyra.token_sources(model), 1)
+    before = token_maps.source_entering(pyra.token_sources(model), 1)
     assert before.shape == (15, 17)
     record = records[1]
-    inspector = vis.layer_inspector(picture, record.matching, before, grid, prefix,
+    inspector = token_maps.layer_inspector(picture, record.matching, before, grid, prefix,
                                     token_gate=record.token_gate[0, :, 0], scores=record.matching.scores[0], size=256)
     assert inspector.width == 256 and inspector.height > 256
-    plain = vis.layer_inspector(picture, record.matching, before, grid, prefix, size=256)
+    plain = token_maps.layer_inspector(picture, record.matching, before, grid, prefix, size=256)
     assert plain.size == inspector.size
     with pytest.raises(ValueError, match="ENTERING"):
-        vis.layer_inspector(picture, records[7].matching, sources[7], grid, prefix)  # 3 -> 1 tokens
+        token_maps.layer_inspector(picture, records[7].matching, sources[7], grid, prefix)  # 3 -> 1 tokens
 
 
 def test_gate_histogram():
-    figure = vis.gate_histogram(torch.rand(1, 1, 48) * 2)
+    figure = plots.gate_histogram(torch.rand(1, 1, 48) * 2)
     assert isinstance(figure, go.Figure) and len(figure.data) == 1 and len(figure.layout.shapes) == 1
 
 
 def test_training_curves_mixed_history():
     steps = [{"step": s, "loss": 2.0 / (s + 1), "lr": 1e-3, "epoch": s // 5} for s in range(10)]
     evals = [{"epoch": 0, "val_accuracy": 0.5}, {"epoch": 1, "val_accuracy": 0.7}]
-    figure = vis.training_curves(steps[:5] + evals[:1] + steps[5:] + evals[1:])
+    figure = plots.training_curves(steps[:5] + evals[:1] + steps[5:] + evals[1:])
     assert len(figure.data) == 2
     assert list(figure.data[1].x) == [4, 9]  # last step of each epoch
-    assert len(vis.training_curves(steps).data) == 1
-    unaligned = vis.training_curves(steps + [{"epoch": 7, "val_accuracy": 0.9}])
+    assert len(plots.training_curves(steps).data) == 1
+    unaligned = plots.training_curves(steps + [{"epoch": 7, "val_accuracy": 0.9}])
     assert unaligned.data[1].xaxis == "x2"
 
 
@@ -117,7 +117,7 @@ def test_accuracy_vs_throughput_one_trace_per_method():
          "accuracy_high": acc + 0.03, "throughput": speed}
         for m in ("tome", "pyra") for label, acc, speed in (("low", 0.78, 60.0), ("high", 0.7, 90.0))
     ]
-    figure = vis.accuracy_vs_throughput(rows, highlight={"method": "pyra", "schedule_label": "high"})
+    figure = plots.accuracy_vs_throughput(rows, highlight={"method": "pyra", "schedule_label": "high"})
     assert len(figure.data) == 3
     pyra_trace = figure.data[2]
     assert list(pyra_trace.marker.size) == [8, 18]
@@ -126,11 +126,11 @@ def test_accuracy_vs_throughput_one_trace_per_method():
 
 
 def test_confusion_and_per_class_figures():
-    figure = vis.confusion_matrix_figure([[5, 1], [2, 7]], ["cat", "dog"], "PYRA")
+    figure = plots.confusion_matrix_figure([[5, 1], [2, 7]], ["cat", "dog"], "PYRA")
     assert len(figure.data) == 1 and figure.layout.title.text == "PYRA"
     with pytest.raises(ValueError):
-        vis.confusion_matrix_figure([[5, 1]], ["cat", "dog"], "bad")
-    bars = vis.per_class_accuracy_figure({"tome": {"cat": 0.5, "dog": 0.9}, "pyra": {"cat": 0.6, "dog": 0.8}})
+        plots.confusion_matrix_figure([[5, 1]], ["cat", "dog"], "bad")
+    bars = plots.per_class_accuracy_figure({"tome": {"cat": 0.5, "dog": 0.9}, "pyra": {"cat": 0.6, "dog": 0.8}})
     assert len(bars.data) == 2 and list(bars.data[0].x) == ["cat", "dog"]
 
 
@@ -138,12 +138,12 @@ def test_tsne_one_subplot_per_method():
     rng = np.random.default_rng(0)
     labels = np.arange(20) % 3
     features = {"tome": rng.normal(size=(20, 8)), "pyra": rng.normal(size=(20, 8))}
-    figure = vis.tsne_figure(features, labels, ["a", "b", "c"], seed=0)
+    figure = plots.tsne_figure(features, labels, ["a", "b", "c"], seed=0)
     assert len(figure.data) == 2 * 3
     assert {trace.xaxis for trace in figure.data} == {"x", "x2"}
     assert sum(trace.showlegend for trace in figure.data) == 3
 
 
 def test_training_curves_from_epochs_only():
-    figure = vis.training_curves([{"epoch": 1, "val_accuracy": 0.4}, {"epoch": 2, "val_accuracy": 0.6}])
+    figure = plots.training_curves([{"epoch": 1, "val_accuracy": 0.4}, {"epoch": 2, "val_accuracy": 0.6}])
     assert len(figure.data) == 2 and list(figure.data[1].x) == [1, 2] and figure.layout.xaxis.title.text == "epoch"

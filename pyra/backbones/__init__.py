@@ -1,0 +1,1 @@
+"""Pretrained backbones: timm names, local weight files, and the offline default (DINOv2 ViT-S/14)."""

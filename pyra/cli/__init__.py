@@ -1,0 +1,1 @@
+"""Command line: `python -m pyra <command> ...` (`pyra.cli.main`)."""

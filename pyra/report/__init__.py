@@ -1,0 +1,1 @@
+"""Reporting results: statistics with intervals, plots, token maps and layer traces, benchmark tables."""

@@ -1,0 +1,1 @@
+"""Running things: training, metrics, speed, prediction, one run, comparisons, run folders on disk."""

@@ -1,0 +1,68 @@
+"""What a comparison will ask of the machine, known before anything is trained.
+
+    plan = plan_compare(data, config)
+    plan.trainings, plan.steps, plan.training_memory_bytes
+
+The memory estimate is for the largest training pass (activations kept for the backward pass,
+plus the weights of the model being trained). Measured by benchmarks/train_memory.py on the
+default DINOv2 ViT-S/14, 1 thread: about 62-82 bytes per (image x token x layer x channel) at
+65-1025 tokens and batch 1-64; the constant below is rounded up from those figures.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from timm.models import VisionTransformer
+
+from pyra.backbones.factory import backbone_structure
+from pyra.data.datasets import DatasetSplit
+from pyra.method.elastic import LevelSampler
+from pyra.run.compare import planned_jobs
+from pyra.run.comparison import CompareConfig
+
+__all__ = ["ComparePlan", "plan_compare", "training_memory_bytes", "ACTIVATION_BYTES", "FIXED_BYTES"]
+
+
+ACTIVATION_BYTES = 88  # per image x token x layer x channel of one training pass (measured 62-82, PYRA highest)
+FIXED_BYTES = 64 * 2**20  # optimiser, allocator, data loading, head start: 41 MB measured at batch 1, rounded up
+# so that the estimate also covers the peak benchmarks/space_abuse.py measures for a whole training job
+
+
+@dataclass(frozen=True)
+class ComparePlan:
+    """The size of a comparison: how many trainings, how many steps, how much memory."""
+
+    trainings: int  # models trained (seeds x methods, x levels for the per-level protocol)
+    steps: int  # optimiser steps over all trainings
+    passes: int  # forward + backward passes over all trainings (an elastic step makes several)
+    img_size: int
+    tokens: int  # tokens per image entering the first block
+    batch_size: int
+    training_memory_bytes: int  # estimated peak added by one training (see the module docstring)
+
+
+def training_memory_bytes(structure: VisionTransformer, batch_size: int) -> int:
+    """Estimated memory one training step adds: activations of one pass + weights + overhead.
+
+    `structure` is the backbone at its input size (e.g. `pyra.backbones.factory.backbone_structure`).
+    """
+    tokens = structure.patch_embed.num_patches + structure.num_prefix_tokens
+    activations = batch_size * tokens * len(structure.blocks) * structure.embed_dim * ACTIVATION_BYTES
+    weights = 4 * sum(p.numel() for p in structure.parameters())
+    return activations + weights + FIXED_BYTES
+
+
+def plan_compare(data: DatasetSplit, config: CompareConfig) -> ComparePlan:
+    """The plan of `run_compare(data, config, ...)`, from the structure alone (no weights, no download)."""
+    jobs, img_size = planned_jobs(data, config)
+    structure = backbone_structure(config.backbone, len(data.classes), img_size)
+    steps_per_training = config.train.epochs * math.ceil(len(data.train) / config.train.batch_size)
+    merging = sum(1 for _, name, _ in jobs if name != "uncompressed")
+    passes_per_step = len(LevelSampler(config.train.elastic, 0).draw()) if config.protocol == "elastic" else 1
+    passes = steps_per_training * ((len(jobs) - merging) + merging * passes_per_step)
+    return ComparePlan(
+        trainings=len(jobs), steps=steps_per_training * len(jobs), passes=passes, img_size=img_size,
+        tokens=structure.patch_embed.num_patches + structure.num_prefix_tokens, batch_size=config.train.batch_size,
+        training_memory_bytes=training_memory_bytes(structure, config.train.batch_size),
+    )
