@@ -36,34 +36,49 @@ def browser():
         launched.close()
 
 
+SETTLE_TRIES = 3  # a control mounted a moment before (an accordion opening) can take its initial value back once
+
+
+def _until_it_stays(page, write, read, wanted: str) -> None:
+    """Write a value, let the page settle, read it back; again (a few times) if the page put the old one back."""
+    for _ in range(SETTLE_TRIES):
+        write()
+        page.wait_for_timeout(500)
+        if read() == wanted:
+            return
+
+
 def set_text(page, box, text: str) -> None:
-    """Type into a text box that may have just been mounted (an accordion opening), and check the text stayed:
-    a box mounted a moment before can take its initial value back once after an early fill."""
+    """Type into a text box, then check the text stayed."""
     from playwright.sync_api import expect
 
     expect(box).to_be_editable(timeout=30_000)
-    for _ in range(3):
+
+    def write() -> None:
         box.fill(text)
         box.blur()
-        page.wait_for_timeout(500)  # let the component settle before reading the value back
-        if box.input_value() == text:
-            return
+
+    _until_it_stays(page, write, box.input_value, text)
     expect(box).to_have_value(text)
 
 
 def set_number(page, elem_id: str, value) -> None:
-    """Set a Number (type and commit) or a Slider (move its range input), then check it took."""
+    """Set a Number (type and commit) or a Slider (move its range input), then check it stayed."""
     from playwright.sync_api import expect
 
     box = page.locator(f"#{elem_id} input[type=number]").first
     expect(box).to_be_visible(timeout=30_000)
     slider = page.locator(f"#{elem_id} input[type=range]")
-    if slider.count():
-        slider.first.fill(str(value))
-    else:
-        box.fill(str(value))
-        box.press("Enter")
-        box.blur()
+
+    def write() -> None:
+        if slider.count():
+            slider.first.fill(str(value))
+        else:
+            box.fill(str(value))
+            box.press("Enter")
+            box.blur()
+
+    _until_it_stays(page, write, box.input_value, str(value))
     expect(box).to_have_value(str(value), timeout=10_000)
 
 
