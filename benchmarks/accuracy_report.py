@@ -142,7 +142,8 @@ def pooled_difference(pooled: dict[str, dict[tuple[str, str], dict[int, float]]]
 
 def claims_lines(pooled: dict[str, dict[tuple[str, str], dict[int, float]]], levels: Sequence[str],
                  lrs: Sequence[float]) -> list[str]:
-    """The paper's two claims (DESIGN.md 2.5), tested on the pooled pairs, one line per PYRA lr."""
+    """The paper's two claims (PYRA matches uncompressed LoRA at low compression and beats ToMe + LoRA at
+    high compression), tested on the pooled pairs, one line per PYRA lr."""
     low, high = levels[0], levels[-1]
     lines = ["### The paper's claims on this data", "",
              "The paper (VTAB-1k, ViT-B/16) reports PYRA within 0.1 points of uncompressed LoRA at `low` and "

@@ -31,7 +31,7 @@ from pyra.run.predict import predict
 from pyra.run.recipes import DEFAULT_RECIPE
 from pyra.run.run_config import build_model
 from pyra.run.train import train
-from pyra_app.handlers import QUICK_DEMO_DATA, QUICK_DEMO_TRAIN
+from pyra_app.tab_train import QUICK_DEMO_DATA, QUICK_DEMO_TRAIN
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -19,28 +19,22 @@ docs/RELIABILITY.md between the session_load markers by default, to OUT/session_
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import zipfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-from PIL import Image
-
+from benchmarks.app_server import TINY_BACKBONE, TINY_TRAIN, App, serve_app
+from benchmarks.zips import colour_zip
 from pyra.files import size_text
 from pyra.report.tables import machine_info, markdown_table
 from pyra_app.budget import folder_bytes
@@ -48,9 +42,6 @@ from pyra_app.session import session_dir_name
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY_BACKBONE = "random:vit_tiny_patch16_224"
-# backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, bench repeats
-TINY_TRAIN = (TINY_BACKBONE, None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1, "elastic")
 # 50 epochs of 3 steps of 32 images at 144 px. A step (over a second on 2 shared cores, one thread)
 # must last longer than the status line's update interval (0.5 s): the step shown when Stop is
 # pressed is then the last finished one, and "one more step at most" can be checked from outside
@@ -70,79 +61,7 @@ STOPPED = re.compile(r"cancelled by the user after (\d+) of (\d+) steps")
 STEP = re.compile(r"step (\d+)/(\d+)")
 
 
-# ---------------------------------------------------------------- the app and what it uses
-
-@dataclass(frozen=True)
-class App:
-    url: str
-    pid: int
-    work_root: Path  # PYRA_WORK_ROOT: the session folders
-    gradio_temp: Path  # GRADIO_TEMP_DIR: uploads and generated images, kept by Gradio
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve_app(folder: Path, threads: int = 1, heartbeat_s: Optional[float] = None,
-              timeout_s: float = 180.0, limits: Optional[dict[str, str]] = None) -> Iterator[App]:
-    """`python app.py` on a free port of 127.0.0.1, its files under `folder`; stopped on exit.
-
-    `threads` sets OMP_NUM_THREADS: torch's intra-op threads per job (several jobs share the cores).
-    `heartbeat_s` sets GRADIO_HEARTBEAT_INTERVAL (default 15 s): a closed client is noticed, and its
-    session ended, within about one interval. `limits`: PYRA_* variables for the app (see pyra_app.budget).
-    """
-    port = free_port()
-    app = App(f"http://127.0.0.1:{port}/", 0, folder / "work", folder / "gradio")
-    env = os.environ | {
-        "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
-        "PYRA_WORK_ROOT": str(app.work_root), "GRADIO_TEMP_DIR": str(app.gradio_temp), "PYTHONUNBUFFERED": "1",
-        "OMP_NUM_THREADS": str(threads),
-    } | ({"GRADIO_HEARTBEAT_INTERVAL": str(heartbeat_s)} if heartbeat_s else {}) | (limits or {})
-    log_path = folder / "app.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(app.url, timeout=2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"app.py did not answer within {timeout_s} s:\n{log_path.read_text()[-3000:]}") from None
-                time.sleep(0.5)
-        yield App(app.url, process.pid, app.work_root, app.gradio_temp)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def colour_zip(folder: Path, classes: tuple[str, ...], per_class: int = 8) -> tuple[Path, Path]:
-    """A zip with one folder of 24x24 images per class (tinted by class); returns (zip, one of its images)."""
-    images = folder / "images"
-    images.mkdir(parents=True)
-    rng = np.random.default_rng(len(classes))
-    path = folder / f"{'-'.join(classes)}.zip"
-    with zipfile.ZipFile(path, "w") as archive:
-        for index, name in enumerate(classes):
-            for i in range(per_class):
-                pixels = rng.integers(0, 120, size=(24, 24, 3), dtype=np.uint8)
-                pixels[..., index % 3] += 40 + 80 * (index // 3)
-                image = images / f"{name}{i}.png"
-                Image.fromarray(pixels).save(image)
-                archive.write(image, f"{name}/{i}.png")
-    return path, images / f"{classes[0]}0.png"
-
+# ---------------------------------------------------------------- what the sessions measure
 
 def process_tree_rss(pid: int) -> int:
     """Resident memory of `pid` and all its descendants, in bytes (0 once it is gone)."""

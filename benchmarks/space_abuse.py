@@ -29,8 +29,9 @@ from typing import Any
 
 from PIL import Image
 
+from benchmarks.app_server import TINY_TRAIN, serve_app
 from benchmarks.http_client import RawClient
-from benchmarks.session_load import TINY_TRAIN, colour_zip, serve_app
+from benchmarks.zips import colour_zip
 from pyra.backbones.factory import backbone_structure
 from pyra.data.limits import DEFAULT_MAX_IMAGE_PIXELS
 from pyra.files import size_text

@@ -24,6 +24,7 @@ from pyra.method.patch import geometry
 from pyra.method.schedule import flops_ratio, resolve_schedule
 from pyra.report.tables import machine_info
 from pyra.run.run_config import RunConfig, build_model
+from pyra.run.speed import Spread
 from pyra.run.train import TrainConfig, build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,8 +65,7 @@ def time_steps(backbone: str, img_size: int, schedule_spec: str, batch: int, rep
         "schedule": schedule, "flops_ratio": flops_ratio(schedule, geo, "tome"),
         "methods": {
             method: {
-                "step_ms": {"median": 1000 * statistics.median(s), "p25": 1000 * statistics.quantiles(s, n=4)[0],
-                            "p75": 1000 * statistics.quantiles(s, n=4)[2]},
+                "step_ms": Spread.of([1000 * t for t in s]).to_dict(),
                 "images_per_s": batch / statistics.median(s),
                 "speedup_vs_uncompressed": base / statistics.median(s),
             }

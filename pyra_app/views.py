@@ -10,20 +10,16 @@ import json
 import math
 import zipfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import plotly.graph_objects as go
 from PIL import Image
 
-from pyra.method.schedule import parse_schedule
 from pyra.report.methods import METHOD_ORDER, method_label
 from pyra.report.stats import min_detectable_difference
-from pyra.run.comparison import PROTOCOLS, CompareConfig
-from pyra.run.recipes import DEFAULT_RECIPE
-from pyra.run.train import MAX_SEED
-from pyra_app.budget import Budget
+from pyra.run.checkpoint import ADAPTER_FILE, CONFIG_FILE, METRICS_FILE
 
 COMPARE_HEADERS = [
     "Method", "Accuracy [95% CI]", "Trained for this level", "Latency ms, batch 1", "Throughput img/s",
@@ -40,11 +36,10 @@ PROTOCOL_CHOICES = [("elastic: one model per method for every level", "elastic")
                     ("per level: one model per method and level (the paper's, slower)", "per-level")]
 TABLE_NOTE = ("Latency and throughput: median [25th-75th percentile] over the repeats, measured interleaved "
               "on this machine. FLOPs ratio: uncompressed FLOPs / this model's.")
-RUN_FILES = ("config.json", "adapter.safetensors", "metrics.json")
+RUN_FILES = (CONFIG_FILE, ADAPTER_FILE, METRICS_FILE)  # in an exported zip, in this order
 TOO_FEW_POINTS = 5.0  # a minimum detectable difference above this many points earns a warning
 PREVIEW_SIZE = 96  # pixels: tiny sample images are upscaled for the gallery
 THUMBNAIL_SIDE = 256  # pixels: the most a gallery image is (never a full-size copy of an upload)
-PICKED_IMAGE_SIDE = 512  # pixels: a validation image picked for token maps (the model sees at most 448)
 
 
 # ---------------------------------------------------------------- data tab
@@ -102,181 +97,6 @@ def sample_choices(samples: Iterable[Any]) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- train tab
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """The Train tab's controls, as typed values."""
-
-    backbone: str = "default"
-    weights: Optional[str] = None  # uploaded weights file for a timm architecture
-    img_size: Optional[int] = None  # None: the backbone's default
-    lora_rank: int = DEFAULT_RECIPE.lora_rank
-    epochs: int = DEFAULT_RECIPE.train.epochs
-    batch_size: int = DEFAULT_RECIPE.train.batch_size
-    lr: float = DEFAULT_RECIPE.train.lr
-    pyra_lr: float = DEFAULT_RECIPE.train.pyra_lr
-    schedule: str = "high"  # as typed: low / high / r / r1,r2,... / FLOPs ratio (see pyra.method.schedule.parse_schedule)
-    seeds: tuple[int, ...] = (0,)
-    num_levels: int = 5
-    bench_repeats: int = 5
-    protocol: str = "elastic"  # see pyra.run.compare: "elastic" or "per-level"
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-    """ "0" / "0, 1, 2" / "0 1 2" -> (0, 1, 2); at least one, no duplicates."""
-    parts = [p for p in str(text).replace(",", " ").split() if p]
-    try:
-        seeds = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"seeds: {text!r} is not a list of whole numbers; write e.g. 0 or 0, 1, 2") from None
-    if not seeds:
-        raise ValueError("seeds: give at least one seed, e.g. 0 (or 0, 1, 2 for an interval over seeds)")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds: {text!r} repeats a seed; give distinct seeds")
-    if not all(0 <= seed <= MAX_SEED for seed in seeds):
-        raise ValueError(f"seeds: each seed must be a whole number from 0 to {MAX_SEED}")
-    return seeds
-
-
-def level_fractions(count: int) -> tuple[float, ...]:
-    """`count` evenly spaced fractions of the target schedule, from 0 (uncompressed) to 1."""
-    count = int(count)
-    if count < 2:
-        raise ValueError(f"compression levels: need at least 2 (uncompressed and the target), got {count}")
-    return tuple(round(i / (count - 1), 4) for i in range(count))
-
-
-MAX_TEXT = 200  # characters of a text field (backbone, schedule); seeds may be longer
-MAX_SEEDS_TEXT = 2000
-MAX_LORA_RANK, MAX_EPOCHS, MAX_LEVELS, MAX_BENCH_REPEATS = 32, 50, 9, 20  # the Train tab's slider ranges
-
-
-def _finite(value: Any, name: str) -> float:
-    """A finite number from a field's raw value (a number or its text), or ValueError naming the field."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or len(str(value)) > 40:
-        raise ValueError(f"{name}: {_shown(value)} is not a number")
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{name}: {_shown(value)} is not a number") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{name}: must be a finite number, got {_shown(value)}")
-    return number
-
-
-def _shown(value: Any) -> str:
-    """A raw value as a message may quote it: short, and never a whole object dump."""
-    text = repr(value) if isinstance(value, (int, float, str)) else f"a {type(value).__name__}"
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _positive_int(value: Any, name: str, low: int = 1, high: Optional[int] = None, fix: str = "") -> int:
-    number = _finite(value, name)
-    if number != int(number) or number < low:
-        raise ValueError(f"{name}: must be a whole number >= {low}, got {_shown(value)}")
-    if high is not None and number > high:
-        raise ValueError(f"{name}: {_shown(value)} is more than the limit of {high}{fix}")
-    return int(number)
-
-
-def _positive_float(value: Any, name: str) -> float:
-    number = _finite(value, name)
-    if number <= 0:
-        raise ValueError(f"{name}: must be a positive number such as 1e-3, got {_shown(value)}")
-    return number
-
-
-def _text(value: Any, name: str, default: str, limit: int = MAX_TEXT) -> str:
-    if value is None or value == "":
-        return default
-    if not isinstance(value, str):
-        raise ValueError(f"{name}: expected a text, got {_shown(value)}")
-    if len(value) > limit:
-        raise ValueError(f"{name}: at most {limit} characters, got {len(value)}")
-    return value.strip() or default
-
-
-def choice_index(value: Any, count: int, name: str) -> int:
-    """A 0-based position among `count` choices, from a raw dropdown or slider value."""
-    index = _positive_int(value, name, low=0)
-    if index >= count:
-        raise ValueError(f"{name}: choose one of the {count} in the list")
-    return index
-
-
-def slider_index(value: Any, low: int, high: int, name: str) -> int:
-    """A raw slider value as a whole number, clamped to [low, high] (the slider may span more than a result has)."""
-    return min(max(int(round(_finite(value, name))), low), high)
-
-
-def data_settings(max_per_class: Any, val_fraction: Any) -> tuple[Optional[int], float]:
-    """The Data tab's two numbers: (images per class cap or None, validation share)."""
-    cap = None if max_per_class in (None, "", 0, 0.0) else _positive_int(max_per_class, "max images per class", low=2)
-    fraction = _finite(0.25 if val_fraction in (None, "") else val_fraction, "validation share")
-    if not 0.05 <= fraction <= 0.9:
-        raise ValueError(f"validation share: between 0.05 and 0.9, got {_shown(val_fraction)}")
-    return cap, fraction
-
-
-def train_settings(backbone: Any, weights: Any, img_size: Any, lora_rank: Any, epochs: Any,
-                   batch_size: Any, lr: Any, pyra_lr: Any, schedule: Any, seeds: Any, num_levels: Any,
-                   bench_repeats: Any, protocol: Any = "elastic", budget: Budget = Budget()) -> TrainSettings:
-    """Validate the raw control values against the field ranges and `budget`; ValueError names the control
-    and the fix."""
-    size = None if img_size in (None, "", 0, 0.0) else _positive_int(
-        img_size, "image size", low=8, high=budget.max_img_size, fix=" px (raise PYRA_MAX_IMG_SIZE to allow more)")
-    if weights is not None and not isinstance(weights, str):
-        raise ValueError(f"weights file: expected an uploaded file, got {_shown(weights)}")
-    return TrainSettings(
-        backbone=_text(backbone, "backbone", "default"),
-        weights=weights or None,
-        img_size=size,
-        lora_rank=_positive_int(lora_rank, "LoRA rank", high=MAX_LORA_RANK),
-        epochs=_positive_int(epochs, "epochs", high=MAX_EPOCHS),
-        batch_size=_positive_int(batch_size, "batch size", high=budget.max_batch,
-                                 fix=" (raise PYRA_MAX_BATCH to allow more)"),
-        lr=_positive_float(lr, "learning rate"),
-        pyra_lr=_positive_float(pyra_lr, "PYRA learning rate"),
-        schedule=_text(schedule, "target compression", "high"),
-        seeds=parse_seeds(_text(seeds, "seeds", "0", limit=MAX_SEEDS_TEXT)),
-        num_levels=_positive_int(num_levels, "compression levels", low=2, high=MAX_LEVELS),
-        bench_repeats=_positive_int(bench_repeats, "speed measurement repeats", high=MAX_BENCH_REPEATS),
-        protocol=_protocol(protocol),
-    )
-
-
-def _protocol(value: Any) -> str:
-    if not isinstance(value, str) or value not in PROTOCOLS:
-        raise ValueError(f"training protocol: choose one of {', '.join(PROTOCOLS)}, got {value!r}")
-    return str(value)
-
-
-def compare_config(settings: TrainSettings) -> CompareConfig:
-    """A `pyra.run.comparison.CompareConfig` from validated settings (ValueError on a bad schedule)."""
-    if settings.weights and settings.backbone == "default":
-        raise ValueError("a weights file needs the timm architecture it was saved from as the backbone, "
-                         "e.g. vit_small_patch16_224 (not 'default')")
-    levels = level_fractions(settings.num_levels)
-    try:
-        schedule = parse_schedule(settings.schedule)
-    except ValueError as error:
-        raise ValueError(f"target compression: {error}") from None
-    return CompareConfig(
-        backbone=settings.backbone,
-        weights=settings.weights,
-        img_size=settings.img_size,
-        schedule=schedule,
-        lora_rank=settings.lora_rank,
-        lora_dropout=DEFAULT_RECIPE.lora_dropout,
-        drop_path_rate=DEFAULT_RECIPE.drop_path_rate,
-        train=replace(DEFAULT_RECIPE.train, epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                      pyra_lr=settings.pyra_lr),
-        seeds=settings.seeds,
-        levels=levels,
-        protocol=settings.protocol,
-        bench_repeats=settings.bench_repeats,
-    )
-
 
 def loss_figure(losses: Sequence[dict]) -> Any:
     """Live training loss: one line per run, from {"step", "loss", "run"} items (runs in order of appearance)."""
@@ -472,13 +292,13 @@ def export_run_zip(run_dir: Path, zip_path: Path) -> Path:
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     if missing:
         raise ValueError(f"{run_dir.name}: the run is incomplete (missing {', '.join(missing)}); train it again")
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
     if config.get("backbone_weights"):
         config["backbone_weights"] = Path(config["backbone_weights"]).name
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in RUN_FILES:
-            if name == "config.json":
+            if name == CONFIG_FILE:
                 archive.writestr(name, json.dumps(config, indent=2) + "\n")
             else:
                 archive.write(run_dir / name, arcname=name)

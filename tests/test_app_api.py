@@ -15,27 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.session_load import serve_app
-
-REPO = Path(__file__).resolve().parent.parent
-
-TINY_BACKBONE = "random:vit_tiny_patch16_224"
-# backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, bench repeats
-TINY_TRAIN = (TINY_BACKBONE, None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1, "elastic")
-
-
-def make_dataset_zip(path: Path, classes=("red", "green", "blue"), per_class: int = 8) -> Path:
-    """3 classes of 24x24 images, each class tinted by its own channel (learnable in one epoch)."""
-    rng = np.random.default_rng(0)
-    with zipfile.ZipFile(path, "w") as archive:
-        for index, name in enumerate(classes):
-            for i in range(per_class):
-                pixels = rng.integers(0, 120, size=(24, 24, 3), dtype=np.uint8)
-                pixels[..., index] += 120
-                image_path = path.parent / f"{name}{i}.png"
-                Image.fromarray(pixels).save(image_path)
-                archive.write(image_path, f"{name}/{i}.png")
-    return path
+from benchmarks.app_server import TINY_TRAIN, serve_app
+from benchmarks.zips import colour_zip
 
 
 @contextlib.contextmanager
@@ -60,7 +41,7 @@ def test_upload_train_compare_and_token_maps(app_url, tmp_path, monkeypatch, cap
     from gradio_client import Client, handle_file
 
     client = Client(app_url, verbose=False)
-    zip_path = make_dataset_zip(tmp_path / "colours.zip")
+    zip_path = colour_zip(tmp_path / "colours", name="colours.zip")[0]
     summary, gallery, counts, skipped, warnings, *_ = client.predict(
         handle_file(str(zip_path)), 0, 0.25, api_name="/load_zip")
     assert "3 classes" in summary and len(gallery) == 12 and len(table_rows(counts)) == 3
@@ -120,7 +101,7 @@ def test_stop_ends_a_long_training(app_url, tmp_path):
     from gradio_client import Client, handle_file
 
     client = Client(app_url, verbose=False)
-    zip_path = make_dataset_zip(tmp_path / "c.zip", per_class=40)
+    zip_path = colour_zip(tmp_path / "c", name="c.zip", per_class=40)[0]
     client.predict(handle_file(str(zip_path)), 0, 0.25, api_name="/load_zip")
     long_train = list(TINY_TRAIN)
     long_train[4] = 50  # epochs (the slider's maximum): 3 x 50 x 12 steps, far longer than the test waits

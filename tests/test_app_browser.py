@@ -13,7 +13,10 @@ import re
 from pathlib import Path
 
 import pytest
-from test_app_api import TINY_BACKBONE, make_dataset_zip, running_app
+from test_app_api import running_app
+
+from benchmarks.app_server import TINY_BACKBONE
+from benchmarks.zips import colour_zip
 
 CHROMIUM = Path(os.environ.get("PYRA_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -86,7 +89,7 @@ def set_number(page, elem_id: str, value) -> None:
 def test_tiny_demo_in_the_browser(browser, tmp_path):
     from playwright.sync_api import expect
 
-    zip_path = make_dataset_zip(tmp_path / "colours.zip")
+    zip_path = colour_zip(tmp_path / "colours", name="colours.zip")[0]
     with running_app(tmp_path) as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
@@ -137,7 +140,7 @@ def test_closing_the_tab_removes_the_session_directory(browser, tmp_path):
 
     from playwright.sync_api import expect
 
-    zip_path = make_dataset_zip(tmp_path / "colours.zip", per_class=3)
+    zip_path = colour_zip(tmp_path / "colours", name="colours.zip", per_class=3)[0]
     work = tmp_path / "work"  # where running_app(tmp_path) keeps the session folders
     with running_app(tmp_path) as url:
         page = browser.new_page()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pyra_app import handlers, views
+from pyra_app import image_picker, tab_compare, tab_data, tab_train, views
 from pyra_app.session import (
     MARKER,
     Session,
@@ -24,6 +24,7 @@ from pyra_app.session import (
     session_dir_name,
     sweep_idle_sessions,
 )
+from pyra_app.settings import TRAIN_FIELDS, compare_config, train_settings
 
 
 @pytest.fixture(autouse=True)
@@ -55,8 +56,9 @@ def make_zip(path: Path, classes=("cat", "dog", "fox"), per_class: int = 4, junk
 # ---------------------------------------------------------------- data tab
 
 def test_data_preview_from_zip(tmp_path):
-    outputs = handlers.load_zip(None, str(make_zip(tmp_path / "three.zip")), 0, 0.25, fake_request())
-    session, summary, gallery, counts, skipped, warnings, val_dropdown, _ = outputs
+    outputs = tab_data.load_zip(None, str(make_zip(tmp_path / "three.zip")), 0, 0.25, fake_request())
+    session, summary, gallery, counts, skipped, warnings = outputs
+    val_dropdown = image_picker.validation_choices(session)  # what the pickers show after the load
     assert isinstance(session, Session) and session.workdir.is_dir()
     assert "3 classes" in summary and "12 images" in summary and "1 files skipped" in summary
     assert len(gallery) == 12 and {caption for _, caption in gallery} == {"cat", "dog", "fox"}
@@ -71,7 +73,7 @@ def test_bad_zip_gives_a_readable_error_not_a_traceback(tmp_path):
     bad = tmp_path / "broken.zip"
     bad.write_bytes(b"this is not a zip file at all")
     with pytest.raises(gr.Error) as caught:
-        handlers.load_zip(None, str(bad), 0, 0.25, fake_request())
+        tab_data.load_zip(None, str(bad), 0, 0.25, fake_request())
     message = caught.value.message
     assert "broken.zip" in message and "Traceback" not in message
 
@@ -79,19 +81,19 @@ def test_bad_zip_gives_a_readable_error_not_a_traceback(tmp_path):
 def test_zip_with_one_class_names_the_fix(tmp_path):
     path = make_zip(tmp_path / "one.zip", classes=("only",), junk=False)
     with pytest.raises(gr.Error) as caught:
-        handlers.load_zip(None, str(path), 0, 0.25, fake_request())
+        tab_data.load_zip(None, str(path), 0, 0.25, fake_request())
     assert "class folder" in caught.value.message
 
 
 def test_missing_inputs_are_explained():
     with pytest.raises(gr.Error, match="Upload a .zip"):
-        handlers.load_zip(None, None, 0, 0.25, fake_request())
+        tab_data.load_zip(None, None, 0, 0.25, fake_request())
     with pytest.raises(gr.Error, match="No comparison yet"):
-        handlers.select_level(None, 0)
+        tab_compare.select_level(None, 0)
 
 
 def test_sample_preview_upscales_tiny_images():
-    session, summary, gallery, counts, *_ = handlers.load_sample(None, "textures", 6, 0.25, fake_request())
+    session, summary, gallery, counts, *_ = tab_data.load_sample(None, "textures", 6, 0.25, fake_request())
     assert "sample:textures" in summary and len(counts) == 3
     assert all(min(image.size) >= 64 for image, _ in gallery)
 
@@ -99,14 +101,14 @@ def test_sample_preview_upscales_tiny_images():
 # ---------------------------------------------------------------- train settings
 
 def test_train_settings_validate_and_build_a_compare_config():
-    settings = views.train_settings("random:vit_tiny_patch16_224", None, 32, 2, 1, 8, "1e-3", 3e-4, "high",
-                                    "0, 1", 3, 1)
-    config = views.compare_config(settings)
+    settings = train_settings(dict(zip(TRAIN_FIELDS, ("random:vit_tiny_patch16_224", None, 32, 2, 1, 8, "1e-3", 3e-4,
+                                                      "high", "0, 1", 3, 1))))
+    config = compare_config(settings)
     assert config.seeds == (0, 1) and config.levels == (0.0, 0.5, 1.0)
     assert config.train.pyra_lr == pytest.approx(3e-4) and config.train.epochs == 1
     assert config.img_size == 32 and config.lora_rank == 2 and config.schedule == "high"
-    assert views.compare_config(views.train_settings("default", None, 0, 4, 1, 8, 1e-3, 1e-3, "2.5", "0", 2,
-                                                     1)).schedule == 2.5
+    assert compare_config(train_settings(dict(zip(TRAIN_FIELDS, ("default", None, 0, 4, 1, 8, 1e-3, 1e-3, "2.5", "0",
+                                                                  2, 1))))).schedule == 2.5
 
 
 @pytest.mark.parametrize("field_name, kwargs, words", [
@@ -121,12 +123,11 @@ def test_bad_settings_name_the_control(field_name, kwargs, words):
     values = dict(backbone="default", weights=None, img_size=0, lora_rank=4, epochs=1, batch_size=8, lr=1e-3,
                   pyra_lr=1e-3, schedule="high", seeds="0", num_levels=3, bench_repeats=1) | kwargs
     with pytest.raises(ValueError, match=words):
-        views.compare_config(views.train_settings(**values))
+        compare_config(train_settings(values))
 
 
 def test_train_without_data_is_a_readable_error():
-    generator = handlers.train(None, "default", None, 0, 4, 1, 8, 1e-3, 1e-3, "high", "0", 3, 1, "elastic",
-                               fake_request())
+    generator = tab_train.train(fake_request(), None, "default", None, 0, 4, 1, 8, 1e-3, 1e-3, "high", "0", 3, 1, "elastic")
     with pytest.raises(gr.Error, match="No dataset yet"):
         next(generator)
 
@@ -196,15 +197,15 @@ def test_compare_table_formatting():
 
 def test_select_level_uses_the_cached_result_and_changes_with_the_level(tmp_path):
     session = Session(workdir=tmp_path, result=FakeResult())
-    text0, table0, verdicts0, hint0, chart0 = handlers.select_level(session, 0)
-    text1, table1, verdicts1, hint1, chart1 = handlers.select_level(session, 1)
+    text0, table0, verdicts0, hint0, chart0 = tab_compare.select_level(session, 0)
+    text1, table1, verdicts1, hint1, chart1 = tab_compare.select_level(session, 1)
     assert "Level 1 of 2" in text0 and "Level 2 of 2" in text1 and "`4 4`" in text1
     assert "measured PYRA throughput speed-up 1.80x" in text1
     assert table0.values.tolist() != table1.values.tolist()
     assert "no clear difference" in verdicts1 and "No paired comparisons" in verdicts0
     assert "40 validation images" in hint1 and hint1.startswith("⚠️")  # 40 images resolve only ~20 points
     assert len(chart1.data) == 4
-    assert handlers.select_level(session, 7)[0] == text1  # clamped to the last level
+    assert tab_compare.select_level(session, 7)[0] == text1  # clamped to the last level
 
 
 def test_sample_size_hint_without_warning_for_many_images():
@@ -279,23 +280,23 @@ def test_stop_sets_the_session_event_of_a_running_job(tmp_path):
 
     release = threading.Event()
     session = Session(workdir=tmp_path, job=threading.Thread(target=release.wait))
-    assert handlers.stop(session) == "Nothing is running."
+    assert tab_train.stop(session) == "Nothing is running."
     session.job.start()
     try:
-        assert "Stopping" in handlers.stop(session) and session.cancel.is_set()
+        assert "Stopping" in tab_train.stop(session) and session.cancel.is_set()
         with pytest.raises(gr.Error, match="running"):  # no new data under a running job
-            handlers.load_sample(session, "textures", 6, 0.25, fake_request())
+            tab_data.load_sample(session, "textures", 6, 0.25, fake_request())
     finally:
         release.set()
         session.job.join()
-    assert handlers.stop(None) == "Nothing is running."
+    assert tab_train.stop(None) == "Nothing is running."
 
 
 def test_engine_error_during_training_reaches_status_and_popup(monkeypatch):
     monkeypatch.setattr("pyra.backbones.factory._hub_unreachable", lambda timeout_s=3.0: True)  # no hub: fails at build
-    session = handlers.load_sample(None, "textures", 6, 0.25, fake_request())[0]
-    updates = handlers.train(session, "vit_tiny_patch16_224", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
-                             "elastic", fake_request())
+    session = tab_data.load_sample(None, "textures", 6, 0.25, fake_request())[0]
+    updates = tab_train.train(fake_request(), session, "vit_tiny_patch16_224", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
+                             "elastic")
     statuses = []
     with pytest.raises(gr.Error) as caught:
         for _, status, _ in updates:
@@ -306,9 +307,9 @@ def test_engine_error_during_training_reaches_status_and_popup(monkeypatch):
 
 
 def test_a_backbone_that_does_not_exist_is_refused_before_training_starts():
-    session = handlers.load_sample(None, "textures", 6, 0.25, fake_request())[0]
-    updates = handlers.train(session, "vit_does_not_exist", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
-                             "elastic", fake_request())
+    session = tab_data.load_sample(None, "textures", 6, 0.25, fake_request())[0]
+    updates = tab_train.train(fake_request(), session, "vit_does_not_exist", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
+                             "elastic")
     with pytest.raises(gr.Error) as caught:
         next(updates)
     assert "not a timm model name" in caught.value.message and not session.busy and session.runs == 0
@@ -323,8 +324,19 @@ def test_loss_figure_draws_one_line_per_run_in_order():
 
 
 def test_quick_demo_validates_on_at_least_300_images():
-    session = handlers.load_sample(None, handlers.QUICK_DEMO_DATA["sample"], handlers.QUICK_DEMO_DATA["max_per_class"],
-                                   handlers.QUICK_DEMO_DATA["val_fraction"], fake_request())[0]
+    session = tab_data.load_sample(None, tab_train.QUICK_DEMO_DATA["sample"], tab_train.QUICK_DEMO_DATA["max_per_class"],
+                                   tab_train.QUICK_DEMO_DATA["val_fraction"], fake_request())[0]
     assert len(session.data.val) >= 300 and len(session.data.train) >= 100
-    settings = handlers.QUICK_DEMO_TRAIN
-    assert settings.protocol == "elastic" and views.compare_config(settings).train.head_start
+    settings = tab_train.QUICK_DEMO_TRAIN
+    assert settings.protocol == "elastic" and compare_config(settings).train.head_start
+
+
+def test_the_quick_demo_trains_what_its_settings_say_without_dropout():
+    """The Quick demo fills the Train controls, and Train reads them back: the comparison it builds is the
+    demo's own settings (lr, epochs, levels), with the recipe's regularisation (no dropout, no drop-path)."""
+    shown = tab_train.settings.control_values(tab_train.QUICK_DEMO_TRAIN)
+    read_back = train_settings(dict(zip(TRAIN_FIELDS, shown)))
+    assert read_back == tab_train.QUICK_DEMO_TRAIN
+    config = compare_config(read_back)
+    assert config.lora_dropout == 0.0 and config.drop_path_rate == 0.0
+    assert config.train.lr == 1e-3 and config.train.epochs == 2 and config.levels == (0.0, 0.5, 1.0)

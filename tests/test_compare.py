@@ -129,6 +129,9 @@ def test_the_apps_chart_draws_trained_points_and_labels_the_training_free_one(co
     figure = accuracy_vs_throughput(views.chart_rows(result.rows))
     names = [trace.name for trace in figure.data]
     assert sorted(names) == ["LoRA, uncompressed", "PYRA + LoRA", "ToMe + LoRA", "ToMe training-free"]
+    designed = {"LoRA, uncompressed": "#444444", "ToMe training-free": "#9aa6b2", "ToMe + LoRA": "#1f77b4",
+                "PYRA + LoRA": "#d62728"}  # every chart draws each model in its own colour
+    assert {trace.name: trace.line.color for trace in figure.data} == designed
     for trace in figure.data:
         method = {"PYRA + LoRA": "pyra", "ToMe + LoRA": "tome", "ToMe training-free": "tome_free",
                   "LoRA, uncompressed": "uncompressed"}[trace.name]

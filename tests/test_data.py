@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from benchmarks.zips import zip_bytes
 from pyra.data.datasets import ImageDataset, ImageRecord, load_dataset, make_transform
 from pyra.data.images import to_rgb
 from pyra.data.limits import DataError, Limits
@@ -33,9 +34,7 @@ def _write_tree(root: Path, per_class: int = 4) -> None:
 
 
 def _zip(path: Path, files: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
+    path.write_bytes(zip_bytes(files))
     return path
 
 

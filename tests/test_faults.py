@@ -25,14 +25,16 @@ import gradio as gr
 import pytest
 import torch
 from safetensors import safe_open
-from test_app_api import TINY_TRAIN, make_dataset_zip
 
+from benchmarks.app_server import TINY_TRAIN
+from benchmarks.zips import colour_zip
 from pyra.data.datasets import load_dataset
 from pyra.data.limits import DataError
 from pyra.files import DiskFullError
 from pyra.run.checkpoint import ADAPTER_FILE, CONFIG_FILE, METRICS_FILE, RUN_FILES, load_metrics, load_run, save_run
 from pyra.run.run_config import CheckpointError, RunConfig, build_model
-from pyra_app import handlers
+from pyra_app import tab_compare, tab_data, tab_token_maps, tab_train
+from pyra_app.messages import friendly_errors
 
 DIVERGING_TRAIN = TINY_TRAIN[:4] + (3, 8, 1e10, 1e10) + TINY_TRAIN[8:]  # a learning rate no run survives
 KILLS = 10
@@ -224,15 +226,15 @@ def test_a_full_disk_fails_with_a_clear_message_and_keeps_the_run_it_was_replaci
 
 def test_the_app_reports_a_full_disk_during_training_and_keeps_the_previous_results(work_root):
     request = SimpleNamespace(session_hash="full-disk")
-    session = handlers.load_sample(None, "textures", 6, 0.25, request)[0]
+    session = tab_data.load_sample(None, "textures", 6, 0.25, request)[0]
 
     def train_twice() -> None:
-        statuses = [status for _, status, _ in handlers.train(session, *TINY_TRAIN, request)]
+        statuses = [status for _, status, _ in tab_train.train(request, session, *TINY_TRAIN)]
         first = session.result
         with_file_size_limit(16 << 10)  # data and the first comparison are written; a new adapter is ~80 KB
         popup = ""
         try:
-            for _, status, _ in handlers.train(session, *TINY_TRAIN, request):
+            for _, status, _ in tab_train.train(request, session, *TINY_TRAIN):
                 statuses.append(status)
         except gr.Error as error:
             popup = error.message
@@ -256,7 +258,7 @@ def test_the_app_reports_a_full_disk_during_training_and_keeps_the_previous_resu
 
 
 def test_a_full_disk_while_extracting_an_upload_says_so_and_leaves_nothing(tmp_path):
-    zip_path = make_dataset_zip(tmp_path / "photos.zip", per_class=4)  # PNG entries of about 1.7 KB
+    zip_path = colour_zip(tmp_path / "photos", name="photos.zip", per_class=4)[0]  # PNG entries of about 1.7 KB
     workdir = tmp_path / "session"
 
     def extract_past_the_limit() -> None:
@@ -277,7 +279,7 @@ def test_a_full_disk_while_extracting_an_upload_says_so_and_leaves_nothing(tmp_p
 
 
 def test_any_app_action_that_hits_a_full_disk_says_so_in_words(work_root):
-    @handlers.friendly_errors
+    @friendly_errors
     def export() -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(work_root / "exports" / "run.zip"))
 
@@ -294,12 +296,12 @@ def test_a_diverging_training_is_explained_and_the_previous_results_stay_usable(
     """A non-finite loss or gradient: the status line and a warning pop-up say which training stopped,
     at which step and what to change; the previous comparison stays on screen and usable."""
     request = SimpleNamespace(session_hash="diverging")
-    session = handlers.load_sample(None, "textures", 6, 0.25, request)[0]
-    for _ in handlers.train(session, *TINY_TRAIN, request):
+    session = tab_data.load_sample(None, "textures", 6, 0.25, request)[0]
+    for _ in tab_train.train(request, session, *TINY_TRAIN):
         pass
     first = session.result
     with pytest.warns(UserWarning, match="Training diverged: LoRA, uncompressed"):  # gr.Warning, outside a server
-        statuses = [status for _, status, _ in handlers.train(session, *DIVERGING_TRAIN, request)]
+        statuses = [status for _, status, _ in tab_train.train(request, session, *DIVERGING_TRAIN)]
 
     last = statuses[-1]
     assert last.startswith("**Training diverged**: LoRA, uncompressed, seed 0: step "), last
@@ -309,9 +311,9 @@ def test_a_diverging_training_is_explained_and_the_previous_results_stay_usable(
     assert load_metrics(diverged)["status"] == "diverged"
     assert all(torch.isfinite(p).all() for p in load_run(diverged)[0].parameters())  # last good weights
 
-    level_text, table, *_ = handlers.select_level(session, 1)
+    level_text, table, *_ = tab_compare.select_level(session, 1)
     assert "Level 2 of 2" in level_text and len(table) == 4
     image = session.workdir / "picked.png"  # the Image input hands the handler a file path
     session.data.val[0].load().save(image)
-    _, tome_panel, pyra_panel, *_ = handlers.show_token_maps(session, str(image), 1, 1)
+    _, tome_panel, pyra_panel, *_ = tab_token_maps.show_token_maps(session, str(image), 1, 1)
     assert tome_panel is not None and pyra_panel is not None

@@ -29,6 +29,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import pyra
+from benchmarks.zips import zip_bytes
 from pyra.backbones.factory import BackboneError, backbone_structure, create_backbone
 from pyra.data.datasets import ImageDataset, load_dataset, make_transform
 from pyra.data.limits import DataError, Limits
@@ -128,14 +129,6 @@ def png(value: int, size: tuple[int, int] = (8, 6), mode: str = "RGB") -> bytes:
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)
-    return buffer.getvalue()
-
-
-def zip_bytes(files: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
     return buffer.getvalue()
 
 

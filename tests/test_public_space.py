@@ -18,17 +18,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from test_hostile_inputs import zip_bytes
 
+from benchmarks.app_server import serve_app
 from benchmarks.http_client import RawClient
-from benchmarks.session_load import serve_app
+from benchmarks.zips import zip_bytes
 from pyra.backbones.factory import backbone_structure
 from pyra.data.datasets import DatasetSplit, ImageRecord
 from pyra.run.compare import run_compare
 from pyra.run.comparison import CompareConfig
 from pyra.run.plan import plan_compare, training_memory_bytes
 from pyra.run.train import TrainConfig
-from pyra_app import handlers
+from pyra_app import jobs, tab_data, tab_train
 from pyra_app.budget import Budget, BudgetError, folder_bytes
 from pyra_app.messages import public_text
 from pyra_app.session import MARKER, open_session, sweep_idle_sessions
@@ -256,12 +256,12 @@ def test_a_job_never_recreates_the_folder_of_a_session_that_ended(tmp_path):
 
 
 def test_a_job_stops_at_its_time_limit_and_says_so(work_root, monkeypatch):
-    monkeypatch.setattr(handlers.Budget, "from_env", classmethod(lambda cls: Budget(job_seconds=1.0)))
-    monkeypatch.setattr(handlers, "JOB_CHECK_EVERY_S", 0.0)
+    monkeypatch.setattr(Budget, "from_env", classmethod(lambda cls: Budget(job_seconds=1.0)))
+    monkeypatch.setattr(jobs, "JOB_CHECK_EVERY_S", 0.0)
     request = SimpleNamespace(session_hash="slow")
-    session = handlers.load_sample(None, "textures", 40, 0.25, request)[0]
-    updates = handlers.train(session, "random:vit_tiny_patch16_224", None, 32, 2, 50, 4, 1e-3, 1e-3, "high", "0",
-                             2, 1, "elastic", request)
+    session = tab_data.load_sample(None, "textures", 40, 0.25, request)[0]
+    updates = tab_train.train(request, session, "random:vit_tiny_patch16_224", None, 32, 2, 50, 4, 1e-3, 1e-3, "high", "0",
+                             2, 1, "elastic")
     started = time.monotonic()
     statuses = [status for _, status, _ in updates]
     assert statuses[-1].startswith("**Stopped**: the job reached its time limit of") and "PYRA_JOB_MINUTES" in \

@@ -18,7 +18,6 @@ import math
 import os
 import socket
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,13 @@ from urllib.parse import urlparse
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from timm.models import VisionTransformer
 from torch import Tensor
 
 from pyra.backbones.onnx_dinov2 import onnx_to_timm_state_dict
+from pyra.files import write_atomic
 from pyra.rng import seeded
 
 __all__ = [
@@ -335,18 +336,12 @@ def _shipped_file(shipped: ShippedWeights) -> Path:
 
 
 def _save_atomic(state: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write via a temp file + os.replace; a cache that cannot be written is only a warning."""
-    tmp = None
+    """Cache converted weights with `pyra.files.write_atomic`; a cache that cannot be written is only a warning."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        write_atomic(path, safetensors_bytes(state, metadata=metadata))
     except OSError as error:
         warnings.warn(f"could not cache converted weights at {path}: {error}", stacklevel=3)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _hub_unreachable(timeout_s: float = 3.0) -> bool:

@@ -21,13 +21,13 @@ from pyra.data.limits import DataError
 from pyra.data.samples import list_samples
 from pyra.method.parameters import parameter_report
 from pyra.method.patch import geometry
-from pyra.method.schedule import flops_ratio, forward_flops, parse_schedule, resolve_schedule, tokens_per_layer
+from pyra.method.schedule import METHODS, flops_ratio, forward_flops, parse_schedule, resolve_schedule, tokens_per_layer
 from pyra.report.traces import token_maps
 from pyra.run.checkpoint import load_config
 from pyra.run.compare import run_compare
 from pyra.run.comparison import PROTOCOLS, CompareConfig
+from pyra.run.devices import default_device
 from pyra.run.one_run import evaluate_run, make_run_config, train_run
-from pyra.run.predict import default_device
 from pyra.run.recipes import DEFAULT_RECIPE, RECIPES, recipe
 from pyra.run.run_config import RunConfig
 from pyra.run.speed import measure_speed
@@ -135,7 +135,7 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="train one model (LoRA + PYRA, ToMe, or no merging) into a run folder")
     _data_arguments(parser)
     _train_arguments(parser)
-    parser.add_argument("--method", choices=("pyra", "tome", "none"), default="pyra")
+    parser.add_argument("--method", choices=METHODS, default="pyra")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--out", required=True, type=Path, help="run folder to write")
     parser.set_defaults(run=run_train)
@@ -184,7 +184,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--data", help="the run's data (default: the sample it was trained on)")
     parser.add_argument("--schedule", help="evaluate at this schedule instead of the trained one")
-    parser.add_argument("--method", choices=("pyra", "tome", "none"), help="e.g. tome: training-free merging")
+    parser.add_argument("--method", choices=METHODS, help="e.g. tome: training-free merging")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved speed rounds (0: skip speed)")
     parser.add_argument("--batch", type=int, default=8, help="batch size for throughput")
     parser.add_argument("--json", action="store_true", help="print only JSON")
@@ -318,7 +318,7 @@ def _add_tokens(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path, help="PNG to write")
     parser.add_argument("--schedule", help="another schedule than the trained one")
-    parser.add_argument("--method", choices=("pyra", "tome", "none"))
+    parser.add_argument("--method", choices=METHODS)
     parser.add_argument("--json", action="store_true", help="print only JSON")
     parser.set_defaults(run=run_tokens)
 

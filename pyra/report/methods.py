@@ -30,6 +30,8 @@ METHOD_ORDER = tuple(model.key for model in COMPARED_MODELS)
 METHOD_LABELS = {model.key: model.label for model in COMPARED_MODELS}
 TRAINED_METHODS = {model.key: model.merge for model in COMPARED_MODELS if model.trained}
 """Row name -> merge method the model is trained with."""
+MERGING_METHODS = tuple(key for key, merge in TRAINED_METHODS.items() if merge != "none")
+"""The trained models that merge tokens: ToMe + LoRA and PYRA + LoRA."""
 _COLOURS = {model.key: model.colour for model in COMPARED_MODELS}
 PALETTE = qualitative.Plotly
 

@@ -23,7 +23,7 @@ from pyra.files import write_atomic
 from pyra.method.lora import merge_lora
 from pyra.method.patch import geometry, set_schedule
 from pyra.method.schedule import ScheduleSpec, VitGeometry, forward_flops
-from pyra.report.methods import METHOD_LABELS, TRAINED_METHODS
+from pyra.report.methods import MERGING_METHODS, METHOD_LABELS, TRAINED_METHODS
 from pyra.report.stats import accuracy_interval, paired_difference, paired_seed_difference, seed_summary
 from pyra.run.checkpoint import load_run
 from pyra.run.comparison import (
@@ -53,7 +53,7 @@ def _jobs(config: CompareConfig, levels: list[Level]) -> list[tuple[int, str, Le
         jobs += [(seed, name, target) for name in TRAINED_METHODS]
         if config.protocol == "per-level":
             jobs += [(seed, name, level) for level in levels[:-1] if any(level.schedule)
-                     for name in ("tome", "pyra")]
+                     for name in MERGING_METHODS]
     return jobs
 
 

@@ -22,10 +22,11 @@ import numpy as np
 from pyra.files import write_atomic
 from pyra.method.elastic import scaled_schedule
 from pyra.method.schedule import ScheduleSpec, VitGeometry, flops_ratio, forward_flops, resolve_schedule
-from pyra.run.predict import default_device
+from pyra.run.devices import default_device
 from pyra.run.recipes import DEFAULT_RECIPE
 from pyra.run.train import TrainConfig
 
+COMPARE_JSON, COMPARE_CSV = "compare.json", "compare.csv"  # a comparison's result, in its folder
 FEATURES_FILE = "features.npz"  # pre-logits features at the target level, per method, plus "labels"
 PAIRS = [("pyra", "tome"), ("pyra", "tome_free"), ("pyra", "uncompressed"), ("tome", "uncompressed")]
 PROTOCOLS = ("elastic", "per-level")
@@ -139,18 +140,18 @@ class CompareResult:
 
     def save(self) -> None:
         """Write compare.json and compare.csv into out_dir (atomically)."""
-        write_atomic(self.out_dir / "compare.json", json.dumps(self.to_dict(), indent=1).encode())
+        write_atomic(self.out_dir / COMPARE_JSON, json.dumps(self.to_dict(), indent=1).encode())
         table = io.StringIO()
         writer = csv.DictWriter(table, fieldnames=list(self.rows[0]) if self.rows else [], lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        write_atomic(self.out_dir / "compare.csv", table.getvalue().encode())
+        write_atomic(self.out_dir / COMPARE_CSV, table.getvalue().encode())
 
 
 def load_compare(out_dir: Path) -> CompareResult:
     """Read a comparison written by `CompareResult.save`."""
     out_dir = Path(out_dir)
-    path = out_dir / "compare.json"
+    path = out_dir / COMPARE_JSON
     if not path.is_file():
         raise ValueError(f"{path}: no comparison here; run `python -m pyra compare --out {out_dir}` first")
     data = json.loads(path.read_text(encoding="utf-8"))

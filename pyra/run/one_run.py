@@ -12,8 +12,8 @@ from pyra.data.datasets import DatasetSplit, ImageDataset, ImageRecord, make_tra
 from pyra.method.patch import geometry
 from pyra.method.schedule import Method, ScheduleSpec, resolve_schedule
 from pyra.run.checkpoint import load_metrics, load_run, save_run
+from pyra.run.devices import default_device
 from pyra.run.metrics import ClassificationReport, evaluate
-from pyra.run.predict import default_device
 from pyra.run.recipes import DEFAULT_RECIPE
 from pyra.run.run_config import RunConfig, build_model
 from pyra.run.train import Progress, TrainConfig, TrainResult, train

@@ -13,7 +13,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["Predictions", "predict", "model_device"]
+from pyra.run.devices import model_device
+
+__all__ = ["Predictions", "predict"]
 
 
 @dataclass(frozen=True)
@@ -34,17 +36,6 @@ class Predictions:
     def accuracy(self) -> float:
         """Share of correct predictions (nan for an empty dataset)."""
         return float(self.correct.mean()) if len(self.labels) else float("nan")
-
-
-def default_device() -> str:
-    """"cuda" when a GPU is visible, else "cpu": the engine runs on either without code changes."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for a parameter-less module)."""
-    param = next(model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
 
 
 def predict(

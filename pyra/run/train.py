@@ -29,8 +29,9 @@ from pyra.method.elastic import ElasticMode, LevelSampler, check_elastic, head_s
 from pyra.method.parameters import parameter_kind
 from pyra.method.patch import set_schedule
 from pyra.rng import RNG_LOCK
+from pyra.run.devices import model_device
 from pyra.run.head_start import HeadStart, fit_head
-from pyra.run.predict import model_device, predict
+from pyra.run.predict import predict
 
 __all__ = ["MAX_SEED", "TrainConfig", "Progress", "TrainResult", "lr_at", "build_optimizer", "train"]
 
