@@ -35,6 +35,7 @@ def measure_one(img_size: int, batch: int, method: str) -> dict:
     from pyra.method.patch import geometry
     from pyra.method.schedule import resolve_schedule
     from pyra.run.plan import training_memory_bytes
+    from pyra.run.recipes import PAPER_RECIPE
     from pyra.run.run_config import RunConfig, build_model
     from pyra.run.train import TrainConfig, train
 
@@ -44,7 +45,8 @@ def measure_one(img_size: int, batch: int, method: str) -> dict:
     schedule = resolve_schedule("high" if method != "none" else 0, geometry(structure))
     config = TrainConfig(epochs=1, batch_size=batch, head_start=False, eval_every_epoch=False)
     model = build_model(RunConfig(backbone="default", img_size=img_size, num_classes=len(classes), classes=classes,
-                                  schedule=tuple(schedule), method=method, train=config))
+                                  schedule=tuple(schedule), method=method, train=config,
+                                  lora_dropout=PAPER_RECIPE.lora_dropout, drop_path_rate=PAPER_RECIPE.drop_path_rate))
 
     class Images(torch.utils.data.Dataset):
         def __len__(self) -> int:

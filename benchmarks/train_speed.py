@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pyra.method.patch import geometry
 from pyra.method.schedule import flops_ratio, resolve_schedule
 from pyra.report.tables import machine_info
+from pyra.run.recipes import PAPER_RECIPE
 from pyra.run.run_config import RunConfig, build_model
 from pyra.run.speed import Spread
 from pyra.run.train import TrainConfig, build_optimizer
@@ -34,7 +35,8 @@ METHODS = ("none", "tome", "pyra")
 
 def build(backbone: str, img_size: int, method: str, schedule: list[int]) -> torch.nn.Module:
     config = RunConfig(backbone=backbone, img_size=img_size, num_classes=10, classes=tuple(map(str, range(10))),
-                       schedule=tuple(schedule if method != "none" else [0] * len(schedule)), method=method)
+                       schedule=tuple(schedule if method != "none" else [0] * len(schedule)), method=method,
+                       lora_dropout=PAPER_RECIPE.lora_dropout, drop_path_rate=PAPER_RECIPE.drop_path_rate)
     return build_model(config)
 
 
