@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.app_server import serve_app
 from benchmarks.charts import chromium_path
-from benchmarks.session_load import serve_app
 from pyra.report.tables import machine_info
 
 REPO = Path(__file__).resolve().parents[1]

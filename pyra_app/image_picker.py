@@ -20,10 +20,11 @@ PICKED_IMAGE_SIDE = 512  # pixels: a validation image picked for token maps (the
 def build(c: SimpleNamespace, prefix: str, photos: list[str]) -> None:
     """`c.<prefix>_val`, `c.<prefix>_photo` and `c.<prefix>_image`."""
     with gr.Row():
-        setattr(c, f"{prefix}_val", inputs.Dropdown([], label="Validation image", value=None))
-        setattr(c, f"{prefix}_photo", inputs.Dropdown(photos, label="Example photo", value=None))
+        setattr(c, f"{prefix}_val", inputs.Dropdown([], label="Validation image", value=None, elem_id=f"{prefix}-val"))
+        setattr(c, f"{prefix}_photo", inputs.Dropdown(photos, label="Example photo", value=None, elem_id=f"{prefix}-photo"))
     setattr(c, f"{prefix}_image", inputs.Image(label="Image (or upload your own)", height=220,
-                                               sources=["upload", "clipboard"]))
+                                               sources=["upload", "clipboard"], type="filepath",
+                                               elem_id=f"{prefix}-image"))
 
 
 def wire(c: SimpleNamespace, prefix: str, loaded: list) -> None:

@@ -45,13 +45,12 @@ class Radio(gr.Radio):
 
 
 class Image(gr.Image):
-    """An image input that hands the handler the uploaded file's path, unopened.
+    """An image input that hands the handler the uploaded file's path, unopened, whatever `type` says.
 
     The handler decodes it under the app's pixel and size limits (`pyra.data.images.read_image`).
+    No __init__ of its own: Gradio sends the browser the parameters of the class's own __init__, and a
+    (*args, **kwargs) one would hide them all (the page then cannot draw the image).
     """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, type="filepath", **kwargs)
 
     def preprocess(self, payload: Any) -> Optional[str]:
         if payload is None:

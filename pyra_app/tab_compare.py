@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from pyra.report.plots import accuracy_vs_throughput
-from pyra_app import inputs, views
+from pyra_app import example, inputs, views
 from pyra_app.context import has_result, level_index, level_slider, require_result
 from pyra_app.messages import friendly_errors
 from pyra_app.session import Session
@@ -39,6 +39,8 @@ def _level_outputs(c: SimpleNamespace) -> list:
 def wire(c: SimpleNamespace, trained: list) -> None:
     c.level.change(select_level, [c.session, c.level], _level_outputs(c), api_name="select_level",
                    show_progress="hidden", trigger_mode="always_last")
+    c.compare_tab.select(measure_example_speed, [c.session], [c.session, c.level, *_level_outputs(c)],
+                         concurrency_id="model", api_visibility="private", show_progress="minimal")
     for index, job in enumerate(trained):
         api = {"api_name": "results"} if index == 0 else {"api_visibility": "private"}
         job.success(refresh, [c.session], [c.level, *_level_outputs(c)], **api)
@@ -54,8 +56,19 @@ def select_level(session: Optional[Session], level: Any) -> tuple:
     chart = accuracy_vs_throughput(views.chart_rows(result.rows), highlight=views.highlight_point(rows))
     description = (views.level_description(result.levels[index], rows, len(result.levels)) + "\n\n"
                    + views.training_note(result.protocol, result.training))
+    if example.is_example(result):
+        description = views.example_note(example.speed_measured_here(result)) + "\n\n" + description
     return (description, table,
             views.verdict_markdown(result.comparisons.get(index, [])), views.sample_size_hint(rows), chart)
+
+
+@friendly_errors
+def measure_example_speed(session: Optional[Session]) -> tuple:
+    """The first time a session looks at the shipped example, measure its speed on this server."""
+    if session is None or not example.is_example(session.result) or example.speed_measured_here(session.result):
+        return tuple(gr.skip() for _ in range(7))
+    session.result = example.with_speed_measured_here(session.result)
+    return (session, *refresh(session))
 
 
 @friendly_errors

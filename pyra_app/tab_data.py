@@ -19,6 +19,8 @@ from pyra_app.uploads import discard_upload
 
 COUNT_HEADERS = ["class", "train images", "validation images"]
 SKIPPED_HEADERS = ["file", "reason"]
+NO_DATA = ("No dataset loaded yet: choose a built-in sample and press **Load sample**, or upload a zip. Until you "
+           "train your own, the other tabs show the worked example shipped with the app.")
 
 
 def build(c: SimpleNamespace, samples: list) -> None:
@@ -34,7 +36,7 @@ def build(c: SimpleNamespace, samples: list) -> None:
                 c.val_fraction = inputs.Slider(0.1, 0.5, value=0.25, step=0.05,
                                                label="Validation share (samples with a fixed split keep theirs)")
         with gr.Column(scale=2):
-            c.data_summary = gr.Markdown("No dataset loaded yet.", elem_id="data-summary")
+            c.data_summary = gr.Markdown(NO_DATA, elem_id="data-summary")
             c.data_warnings = gr.Markdown()
             c.gallery = gr.Gallery(label="Preview: a few images per class", columns=6, height="auto",
                                    object_fit="contain", allow_preview=False)

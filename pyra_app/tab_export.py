@@ -19,7 +19,8 @@ def build(c: SimpleNamespace) -> None:
         with gr.Column():
             c.ex_run = inputs.Dropdown([], label="Run to export", value=None)
             c.ex_btn = gr.Button("Build adapter zip", variant="primary")
-            c.ex_zip = gr.File(label="Adapter: config.json + adapter.safetensors + metrics.json", interactive=False)
+            c.ex_zip = gr.File(label="Adapter: config.json + adapter.safetensors + metrics.json", interactive=False,
+                               elem_id="ex-zip")
         with gr.Column():
             c.ex_tables = gr.File(label="Comparison: compare.csv and compare.json", interactive=False,
                                   file_count="multiple")

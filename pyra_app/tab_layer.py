@@ -34,7 +34,7 @@ def build(c: SimpleNamespace, photos: list[str]) -> None:
             c.il_picture = gr.Image(label="Set A (orange) / set B (blue) and the merges chosen", interactive=False)
             c.il_histogram = gr.Plot(label="PYRA channel gate")
             c.il_pairs = gr.Dataframe(headers=PAIR_HEADERS, label="Merged pairs", interactive=False, max_height=300)
-    c.il_text = gr.Markdown(latex_delimiters=LATEX)
+    c.il_text = gr.Markdown(latex_delimiters=LATEX, elem_id="il-text")
 
 
 def wire(c: SimpleNamespace, loaded: list, trained: list) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import gradio as gr
 
 from pyra.run.plan import plan_compare
-from pyra_app import inputs, settings, tab_data, views
+from pyra_app import example, inputs, settings, tab_data, views
 from pyra_app.budget import Budget
 from pyra_app.context import require_data, require_idle, session_for
 from pyra_app.jobs import STARTING, follow_job, start_job
@@ -37,6 +37,7 @@ EXPLANATION = (
 # benchmarks/quick_demo_recipe.py).
 QUICK_DEMO_DATA = {"sample": "fashion", "max_per_class": 40, "val_fraction": 0.75}
 QUICK_DEMO_TRAIN = TrainSettings(epochs=2, lr=1e-3, num_levels=3, bench_repeats=3)
+TAB_ID = "train"
 
 
 def build(c: SimpleNamespace) -> None:
@@ -93,8 +94,9 @@ def controls(c: SimpleNamespace) -> list:
     return [getattr(c, name) for name in TRAIN_FIELDS]
 
 
-def wire(c: SimpleNamespace) -> tuple[list, list]:
-    """(the jobs that ended with a comparison, public first; the data loads the Quick demo makes)."""
+def wire(c: SimpleNamespace, demo: gr.Blocks) -> tuple[list, list]:
+    """(the events after which the session has a new comparison, public first: trainings and the worked
+    example on arrival; the Quick demo's data loads)."""
     buttons = [c.quick_btn, c.train_btn, c.stop_btn]
 
     def job_after(start: Any, public: bool) -> Any:
@@ -106,14 +108,18 @@ def wire(c: SimpleNamespace) -> tuple[list, list]:
         job.failure(buttons_idle, None, buttons, queue=False, api_visibility="private")
         return job
 
-    trained = job_after(c.train_btn.click(buttons_busy, None, buttons, queue=False, api_visibility="private"), True)
-    quick = c.quick_btn.click(quick_demo_settings, [c.session],
-                              [*tab_data.outputs(c), c.sample, c.max_per_class, *controls(c)],
-                              api_name="quick_demo_settings")
-    quick_trained = job_after(quick.success(buttons_busy, None, buttons, queue=False, api_visibility="private"),
-                              False)
+    trained = [job_after(c.train_btn.click(buttons_busy, None, buttons, queue=False, api_visibility="private"), True)]
+    loads = []
+    for index, button in enumerate((c.quick_btn, c.quick_top_btn)):
+        api = {"api_name": "quick_demo_settings"} if index == 0 else {"api_visibility": "private"}
+        quick = button.click(quick_demo_settings, [c.session],
+                             [*tab_data.outputs(c), c.sample, c.max_per_class, *controls(c), c.tabs], **api)
+        trained.append(job_after(quick.success(buttons_busy, None, buttons, queue=False, api_visibility="private"),
+                                 False))
+        loads.append(quick)
     c.stop_btn.click(stop, [c.session], [c.status], api_name="stop", concurrency_limit=None, queue=False)
-    return [trained, quick_trained], [quick]
+    arrival = demo.load(open_worked_example, [c.session], [c.session], api_visibility="private")
+    return [*trained, arrival], loads
 
 
 def train(request: gr.Request, session: Optional[Session], *values: Any) -> Iterator[tuple]:
@@ -157,13 +163,28 @@ def stop(session: Optional[Session]) -> str:
     return "**Stopping** after the current step..."
 
 
+def _quick_demo_data(session: Optional[Session], request: gr.Request) -> tuple:
+    return tab_data.load_sample(session, QUICK_DEMO_DATA["sample"], QUICK_DEMO_DATA["max_per_class"],
+                                QUICK_DEMO_DATA["val_fraction"], request)
+
+
 @friendly_errors
 def quick_demo_settings(session: Optional[Session], request: gr.Request) -> tuple:
-    """Load the quick demo's data and fill the Train controls with its settings."""
-    data = tab_data.load_sample(session, QUICK_DEMO_DATA["sample"], QUICK_DEMO_DATA["max_per_class"],
-                                QUICK_DEMO_DATA["val_fraction"], request)
-    return (*data, QUICK_DEMO_DATA["sample"], QUICK_DEMO_DATA["max_per_class"],
-            *settings.control_values(QUICK_DEMO_TRAIN))
+    """Load the quick demo's data, fill the Train controls with its settings and show the Train tab."""
+    return (*_quick_demo_data(session, request), QUICK_DEMO_DATA["sample"], QUICK_DEMO_DATA["max_per_class"],
+            *settings.control_values(QUICK_DEMO_TRAIN), gr.Tabs(selected=TAB_ID))
+
+
+@friendly_errors
+def open_worked_example(session: Optional[Session], request: gr.Request) -> Any:
+    """A new page: the session starts on the shipped worked example (no data is loaded: that stays the
+    visitor's choice)."""
+    shipped = example.shipped_example()
+    if shipped is None or (session is not None and session.result is not None):
+        return gr.skip()  # not shipped (a checkout without assets/example), or this session has its own
+    session = session_for(session, request)
+    session.result = shipped
+    return session
 
 
 def buttons_busy() -> tuple:

@@ -29,20 +29,28 @@ Adapt a pretrained Vision Transformer to your images with **LoRA**, compress it 
 **PYRA** (learned re-activation of the merged tokens, Xiong et al., ECCV 2024).
 Steps: **Data** → **Train** (or press *Quick demo*) → **Compare** → look inside with **Token maps** and **Inside a layer**.
 """
+EXAMPLE_HINT = ("Every tab opens on a worked example (the Quick demo's models, shipped with the app): "
+                "start with **3. Compare** or **4. Token maps**.")
 CSS = ".pyra-status {min-height: 2.5em}"
 
 
 def _layout(samples: list, photos: list[str]) -> SimpleNamespace:
     c = SimpleNamespace()
-    gr.Markdown(INTRO)
+    with gr.Row(equal_height=True):
+        with gr.Column(scale=4):
+            gr.Markdown(INTRO)
+        with gr.Column(scale=1, min_width=200):
+            c.quick_top_btn = gr.Button("▶ Quick demo: train it yourself (about 3 min)", variant="primary",
+                                        elem_id="quick-top")
+            gr.Markdown(EXAMPLE_HINT)
     # an idle session's State is dropped (its delete callback removes the folder): clients without a heartbeat too
     c.session = gr.State(None, delete_callback=end_session, time_to_live=Budget.from_env().idle_seconds)
-    with gr.Tabs():
+    with gr.Tabs() as c.tabs:
         with gr.Tab("1. Data"):
             tab_data.build(c, samples)
-        with gr.Tab("2. Train"):
+        with gr.Tab("2. Train", id=tab_train.TAB_ID):
             tab_train.build(c)
-        with gr.Tab("3. Compare"):
+        with gr.Tab("3. Compare") as c.compare_tab:
             tab_compare.build(c)
         with gr.Tab("4. Token maps"):
             tab_token_maps.build(c, photos)
@@ -58,7 +66,7 @@ def _layout(samples: list, photos: list[str]) -> SimpleNamespace:
 def _wire(demo: gr.Blocks, c: SimpleNamespace) -> None:
     """Each tab wires its own events; those after a data load or a finished job refresh themselves."""
     loaded = tab_data.wire(c)
-    trained, quick_loads = tab_train.wire(c)
+    trained, quick_loads = tab_train.wire(c, demo)
     loaded += quick_loads
     tab_compare.wire(c, trained)
     tab_token_maps.wire(c, loaded, trained)

@@ -210,6 +210,17 @@ def training_note(protocol: str, training: str) -> str:
     return how + " Training-free ToMe is the uncompressed LoRA model with merging switched on afterwards."
 
 
+def example_note(speed_measured_here: bool) -> str:
+    """What the shipped worked example is, and where its figures come from."""
+    speed = ("latency and throughput were measured on this server when you opened this tab"
+             if speed_measured_here else "latency and throughput are from the machine that built it until this "
+             "server has measured them (it does when you open this tab)")
+    return ("📦 **Worked example shipped with the app**: the Quick demo's three models (Fashion-MNIST sample, 100 "
+            "training and 300 validation images, default backbone, 2 epochs), trained by "
+            "`benchmarks/worked_example.py`. Its accuracies were measured then; " + speed + ". Train your own on "
+            "the Train tab (or press Quick demo) to replace it.")
+
+
 def level_description(level: Any, rows: Sequence[dict], num_levels: int) -> str:
     """Markdown headline for one level: schedule, FLOPs ratio, target and measured speed-up."""
     schedule = " ".join(str(r) for r in level.schedule)

@@ -184,3 +184,76 @@ def test_values_over_the_limits_get_the_apps_message_in_the_browser(browser, tmp
         expect(page.locator(".toast-body").first).to_contain_text("more than the limit of 15 per request",
                                                                    timeout=60_000)
         expect(page.locator("#train-status")).not_to_contain_text("Starting")
+
+
+TABS = ("1. Data", "2. Train", "3. Compare", "4. Token maps", "5. Inside a layer", "6. Insights", "7. Export")
+
+
+def open_tab(page, name: str) -> None:
+    """Click a tab, through Gradio's "More tabs" menu when the screen is too narrow to show it."""
+    tab = page.get_by_role("tab", name=name)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+        return
+    page.get_by_role("button", name="More tabs").click()
+    page.locator(".overflow-dropdown button", has_text=name).click()
+
+
+@pytest.mark.browser
+def test_the_worked_example_works_on_every_tab_before_any_training(browser, tmp_path):
+    """A new visitor trains nothing: Compare shows every model's accuracy, Token maps draws an example photo,
+    Inside a layer and Export work, each within a minute."""
+    from playwright.sync_api import expect
+
+    with running_app(tmp_path) as url:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        expect(page.get_by_text("PYRA Studio").first).to_be_visible(timeout=60_000)
+        page.get_by_role("tab", name="3. Compare").click()
+        table = page.locator("#compare-table")
+        for label in ("LoRA, uncompressed", "ToMe training-free", "ToMe + LoRA", "PYRA + LoRA"):
+            expect(table).to_contain_text(label, timeout=60_000)
+        expect(page.locator("#level-text")).to_contain_text("Worked example", timeout=60_000)
+        assert len(re.findall(r"\d+\.\d% \[\d+\.\d%", table.inner_text())) == 4
+        expect(page.locator("#level-text")).to_contain_text("measured on this server when you opened", timeout=120_000)
+
+        page.get_by_role("tab", name="4. Token maps").click()
+        page.locator("#tm-photo input").first.click()
+        page.get_by_role("option", name="astronaut").click()
+        expect(page.locator("#tm-image img")).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Show token maps").click()
+        for side in ("tome", "pyra"):  # ToMe and PYRA side by side at the same layer, at least 448 px wide
+            picture = page.locator(f"#tm-{side}-layer img")
+            expect(picture).to_be_visible(timeout=60_000)
+            assert picture.evaluate("img => img.naturalWidth") >= 448
+        page.get_by_role("button", name="▶ Play through the layers").click()
+        expect(page.locator("#tm-layer input[type=number]")).to_have_value("12", timeout=60_000)
+        page.screenshot(path=str(tmp_path / "token-maps.png"), full_page=True)
+
+        page.get_by_role("tab", name="5. Inside a layer").click()
+        page.locator("#il-photo input").first.click()
+        page.get_by_role("option", name="astronaut").click()
+        expect(page.locator("#il-image img")).to_be_visible(timeout=60_000)
+        page.get_by_role("button", name="Inspect layer").click()
+        expect(page.locator("#il-text")).to_contain_text("tokens in", timeout=60_000)
+
+        page.get_by_role("tab", name="7. Export").click()
+        page.get_by_role("button", name="Build adapter zip").click()
+        expect(page.locator("#ex-zip")).to_contain_text(".zip", timeout=60_000)
+
+
+@pytest.mark.browser
+def test_no_tab_scrolls_sideways_on_a_phone(browser, tmp_path):
+    """At 390 px, the width of a phone, no tab is wider than the screen."""
+    from playwright.sync_api import expect
+
+    with running_app(tmp_path) as url:
+        page = browser.new_page(viewport={"width": 390, "height": 900})
+        page.goto(url)
+        expect(page.get_by_text("PYRA Studio").first).to_be_visible(timeout=60_000)
+        for tab in TABS:
+            open_tab(page, tab)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(tmp_path / f"phone-{tab[0]}.png"), full_page=True)
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{tab}: the page is {width} px wide on a 390 px screen"

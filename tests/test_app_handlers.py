@@ -340,3 +340,16 @@ def test_the_quick_demo_trains_what_its_settings_say_without_dropout():
     config = compare_config(read_back)
     assert config.lora_dropout == 0.0 and config.drop_path_rate == 0.0
     assert config.train.lr == 1e-3 and config.train.epochs == 2 and config.levels == (0.0, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("name, args", [("Number", ()), ("Slider", (0, 10)), ("Dropdown", (["a"],)),
+                                         ("Radio", (["a"],)), ("Image", ())])
+def test_the_lenient_inputs_send_the_browser_every_property_of_their_gradio_component(name, args):
+    """A property missing from a component's config breaks the page where it is drawn (an Image without
+    `buttons` left the Token maps and Inside-a-layer tabs blank)."""
+    from pyra_app import inputs
+
+    with gr.Blocks():
+        ours = getattr(inputs, name)(*args).get_config()
+        theirs = getattr(gr, name)(*args).get_config()
+    assert set(theirs) - set(ours) == set()

@@ -52,6 +52,34 @@ def test_merged_patches_share_their_size_weighted_mean(image):
     assert (outlined[PATCH + 3, 3 * PATCH] == token_maps.OUTLINE).all()  # a line between groups
 
 
+def test_photo_mode_tints_only_merged_groups_over_the_photo(image):
+    """Outline over the photo: a patch on its own keeps the photo's pixels (inside its outline); the two merged
+    patches are blended with one tint, TINT_ALPHA of it, the same colour for both."""
+    source = identity_source()
+    a, b = PREFIX + 5, PREFIX + 6  # merge patch (1, 2) into (1, 1)
+    source[a, b] = 1
+    source = torch.cat([source[:b], source[b + 1:]])
+    big = np.kron(image, np.ones((4, 4, 1), dtype=np.uint8))  # the same photo at 128 px: 32 px per patch
+    out = np.asarray(token_maps.token_map(big, source, GRID, PREFIX, mode="photo")).astype(float)
+    cell = 4 * PATCH
+    alone = out[3 * cell + 2:4 * cell - 2, 3 * cell + 2:4 * cell - 2]  # patch (3, 3), inside its 2-px outline
+    assert np.array_equal(alone, big[3 * cell + 2:4 * cell - 2, 3 * cell + 2:4 * cell - 2])
+    inside = (slice(cell + 2, 2 * cell - 2), slice(cell + 2, 3 * cell - 2))  # the merged pair, inside the outline
+    tint = (out[inside] - (1 - token_maps.TINT_ALPHA) * big[inside]) / token_maps.TINT_ALPHA
+    assert np.abs(tint - tint.reshape(-1, 3).mean(0)).max() <= 1.5 / token_maps.TINT_ALPHA  # one colour (rounding)
+    assert (out[2 * cell, cell:3 * cell] == token_maps.OUTLINE).all()  # the line below the pair
+    with pytest.raises(ValueError, match="mode must be one of"):
+        token_maps.token_map(image, source, GRID, PREFIX, mode="sketch")
+
+
+def test_a_caption_sits_below_the_map_not_on_it(image):
+    picture = token_maps.token_map(image, identity_source(), GRID, PREFIX)
+    shown = token_maps.captioned(picture, "PYRA + LoRA · layer 3: 41 of 65 tokens left")
+    assert shown.width == picture.width and shown.height > picture.height + 20
+    assert np.array_equal(np.asarray(shown)[:picture.height], np.asarray(picture))
+    assert (np.asarray(shown)[picture.height:] < 128).any()  # the text is drawn in the band
+
+
 def test_bad_grid_is_reported(image):
     with pytest.raises(ValueError, match="num_prefix"):
         token_maps.token_map(image, identity_source(), (3, 3), PREFIX)

@@ -6,8 +6,9 @@ distillation, register) are never merged and hold no patches, so they are not dr
 """
 from __future__ import annotations
 
+import colorsys
 import math
-from typing import Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from pyra.method.merge import Matching
 
 ImageLike = Union[Image.Image, np.ndarray]
 Colour = tuple[int, int, int]
+MapMode = Literal["mean", "photo"]
+MAP_MODES: dict[str, str] = {"mean": "mean colour of each group", "photo": "groups outlined over the photo"}
+TINT_ALPHA = 0.45  # "photo" mode: how much of a merged group's tint covers the photo
 
 OUTLINE: Colour = (25, 25, 25)
 SET_A: Colour = (235, 120, 20)  # even positions: candidate sources
@@ -27,17 +31,31 @@ _GATE_STOPS: list[Colour] = [(33, 102, 172), (150, 150, 150), (178, 24, 43)]  # 
 
 
 def token_map(
-    image: ImageLike, source: Tensor, grid: tuple[int, int], num_prefix: int, *, outline: bool = True
+    image: ImageLike, source: Tensor, grid: tuple[int, int], num_prefix: int, *, outline: bool = True,
+    mode: MapMode = "mean",
 ) -> Image.Image:
-    """Paint every merged group of patches with its mean colour, outlined where groups meet.
+    """Draw every merged group of patches over the image, outlined where groups meet.
 
-    image: [H, W, 3] uint8 (or PIL), already resized to the model input; source: [N_l, N_0]
-    0/1 map for one image; grid: (h, w) patches per side. The 1-px dark outline is drawn on
-    the first pixel row/column of a group that borders a different group above/left of it.
+    image: [H, W, 3] uint8 (or PIL), the model input at any resolution (a larger one draws a
+    sharper map); source: [N_l, N_0] 0/1 map for one image; grid: (h, w) patches per side.
+    mode "mean": each group painted with its mean colour, a 1-px dark outline on the first pixel
+    row/column of a group that borders another above/left of it. mode "photo": the photo itself,
+    each group of two or more patches tinted with a colour of its own, outlined 2 px wide.
     Returns an RGB image of size (W, H).
     """
     pixels = _rgb_array(image)
-    labels = _pixel_labels(_patch_labels(source, grid, num_prefix), pixels.shape[:2])  # [H, W]
+    patch_labels = _patch_labels(source, grid, num_prefix)  # [h, w]
+    labels = _pixel_labels(patch_labels, pixels.shape[:2])  # [H, W]
+    if mode == "photo":
+        painted = _tinted(pixels, labels, np.bincount(patch_labels.ravel(), minlength=int(labels.max()) + 1))
+        if outline:
+            edges = _boundaries(labels)
+            edges[:, :-1] |= edges[:, 1:]
+            edges[:-1] |= edges[1:]
+            painted[edges] = OUTLINE
+        return Image.fromarray(painted)
+    if mode != "mean":
+        raise ValueError(f"mode must be one of {', '.join(MAP_MODES)}, got {mode!r}")
     flat = labels.ravel()
     count = np.bincount(flat)  # pixels per group
     total = np.stack([np.bincount(flat, weights=pixels[..., c].ravel().astype(np.float64)) for c in range(3)], -1)
@@ -46,6 +64,27 @@ def token_map(
     if outline:
         painted[_boundaries(labels)] = OUTLINE
     return Image.fromarray(painted)
+
+
+def captioned(image: Image.Image, caption: str, size: int = 20) -> Image.Image:
+    """`image` above a white band holding `caption` in a `size`-px font (readable at normal zoom; below the
+    image, where no image toolbar covers it)."""
+    font = ImageFont.load_default(size=size)
+    band = _text_height(font) + 12
+    out = Image.new("RGB", (image.width, image.height + band), "white")
+    out.paste(image, (0, 0))
+    ImageDraw.Draw(out).text((8, image.height + 6), caption, fill=(20, 20, 20), font=font)
+    return out
+
+
+def _tinted(pixels: np.ndarray, labels: np.ndarray, patches_per_group: np.ndarray) -> np.ndarray:
+    """The photo with every group of two or more patches tinted by a hue of its own (golden-ratio spaced)."""
+    hues = (np.arange(len(patches_per_group)) * 0.618034) % 1.0
+    tints = np.array([colorsys.hsv_to_rgb(h, 0.9, 1.0) for h in hues]) * 255.0  # [groups, 3]
+    merged = patches_per_group[labels] > 1  # [H, W]
+    out = pixels.astype(np.float64)
+    out[merged] = (1 - TINT_ALPHA) * out[merged] + TINT_ALPHA * tints[labels[merged]]
+    return np.rint(out).astype(np.uint8)
 
 
 def token_map_panel(

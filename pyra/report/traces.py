@@ -14,8 +14,9 @@ from pyra.data.datasets import make_transform
 from pyra.data.images import to_rgb
 from pyra.method.patch import geometry, layer_records, set_schedule
 from pyra.method.schedule import Method, ScheduleSpec, tokens_per_layer
+from pyra.report.methods import method_label
 from pyra.report.plots import gate_histogram
-from pyra.report.token_maps import layer_inspector, token_map, token_map_panel
+from pyra.report.token_maps import MAP_MODES, captioned, layer_inspector, token_map, token_map_panel
 from pyra.run.checkpoint import load_run
 
 EXPLANATION = r"""
@@ -33,10 +34,14 @@ the LayerNorm are learned per layer; at initialisation $W_D = 0$ and PYRA equals
 """
 
 
+DISPLAY_SIDE = 448  # px: each per-layer map is drawn at least this large
+
+
 @dataclass(frozen=True)
 class TokenMaps:
     panel: Image.Image  # one tile per layer
-    layers: list[Image.Image]  # the same maps, one image per layer
+    layers: list[Image.Image]  # one captioned map per layer, mean colour of each group, DISPLAY_SIDE px
+    outlined: list[Image.Image]  # the same, each merged group outlined and tinted over the photo
     tokens: list[int]  # tokens entering each block, then the tokens left after the last
     schedule: list[int]
     method: str
@@ -93,8 +98,14 @@ def token_maps(
     sources = [record.source[0] for record in traced.records]
     titles = [f"layer {i + 1}: {traced.tokens[i + 1]} tokens" for i in range(len(sources))]
     panel = token_map_panel(traced.picture, sources, traced.grid, traced.num_prefix, titles=titles)
-    layers = [token_map(traced.picture, source, traced.grid, traced.num_prefix) for source in sources]
-    return TokenMaps(panel, layers, traced.tokens, traced.schedule, traced.method)
+    side = max(DISPLAY_SIDE, traced.picture.shape[0])
+    display = np.asarray(to_rgb(image).resize((side, side), Image.BICUBIC))  # what the model sees, sharper
+    label = method_label(traced.method) if traced.method != "none" else "no merging"
+    captions = [f"{label} · layer {i + 1}: {traced.tokens[i + 1]} of {traced.tokens[0]} tokens left"
+                for i in range(len(sources))]
+    maps = {mode: [captioned(token_map(display, source, traced.grid, traced.num_prefix, mode=mode), caption)
+                   for source, caption in zip(sources, captions)] for mode in MAP_MODES}
+    return TokenMaps(panel, maps["mean"], maps["photo"], traced.tokens, traced.schedule, traced.method)
 
 
 def inspect_layer(

@@ -165,6 +165,36 @@ def _sweep(data: DatasetSplit, config: CompareConfig, out_dir: Path, levels: lis
                          reports=reports, protocol=config.protocol, training=config.training_label())
 
 
+def measure_result_speed(result: CompareResult, *, repeats: int = 3, batch: int = 8,
+                         device: str = "cpu") -> CompareResult:
+    """A copy of `result` whose latency and throughput were measured again, on this machine, for the first
+    seed's models (accuracies, intervals and verdicts unchanged; nothing is written)."""
+    protocol, target = result.protocol, result.levels[-1].index
+    key_of = functools.partial(model_key, target_index=target, protocol=protocol)
+    seed = int(next(iter(result.run_dirs)).partition("@")[2].partition(":")[0])
+    config = CompareConfig(protocol=protocol, bench_batch=batch, bench_repeats=repeats, device=device)
+    loaded: dict[str, nn.Module] = {}
+    rows = []
+    for level in result.levels:
+        speed = _measure_level(result.run_dirs, loaded, seed, level, key_of, config)
+        for row in result.rows_at(level.index):
+            stats = speed[row["method"]].to_dict()
+            rows.append(row | _speed_fields(stats) | {"threads": stats["threads"]})
+    return replace(result, rows=rows)
+
+
+def _speed_fields(stats: dict) -> dict:
+    """A row's latency and throughput columns from one model's SpeedStats dict."""
+    return {
+        "latency_ms": stats["latency_ms"]["median"],
+        "latency_p25": stats["latency_ms"]["p25"],
+        "latency_p75": stats["latency_ms"]["p75"],
+        "throughput": stats["throughput"]["median"],
+        "throughput_p25": stats["throughput"]["p25"],
+        "throughput_p75": stats["throughput"]["p75"],
+    }
+
+
 def _accuracies(data: DatasetSplit, config: CompareConfig, levels: list[Level], run_dirs: dict[str, Path],
                 key_of: Callable, report: Callable[[CompareProgress], None]):
     """correct[level][method] = one boolean array per seed; reports and features at the target level, first seed.
@@ -263,12 +293,7 @@ def _row(name: str, level: Level, correct: list[np.ndarray], speed: dict, gflops
         "interval": interval_kind,
         "seed_accuracies": " ".join(f"{a:.4f}" for a in accuracies),
         "n_val": int(len(correct[0])),
-        "latency_ms": stats["latency_ms"]["median"],
-        "latency_p25": stats["latency_ms"]["p25"],
-        "latency_p75": stats["latency_ms"]["p75"],
-        "throughput": stats["throughput"]["median"],
-        "throughput_p25": stats["throughput"]["p25"],
-        "throughput_p75": stats["throughput"]["p75"],
+        **_speed_fields(stats),
         "gflops": gflops,
         "flops_ratio": level.flops_ratio if compressed else 1.0,
         "threads": stats["threads"],
