@@ -47,7 +47,8 @@ from pyra.run.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
-VARIANTS = ("per-level", "target-only", "uniform", "sandwich")
+ELASTIC_VARIANTS = ("uniform", "sandwich", "sandwich-labels")  # pyra.method.elastic modes
+VARIANTS = ("per-level", "target-only", *ELASTIC_VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,10 @@ def outcome(correct: np.ndarray) -> dict[str, Any]:
 class SeedRun:
     """Every cell of one dataset and seed."""
 
-    def __init__(self, dataset: str, seed: int, config: MatrixConfig, workdir: Path, log: Callable[[str], None]):
+    def __init__(self, dataset: str, seed: int, config: MatrixConfig, workdir: Path, log: Callable[[str], None],
+                 elastic_only: tuple[str, ...] = ()):
         self.dataset, self.seed, self.config, self.workdir, self.log = dataset, seed, config, workdir, log
+        self.elastic_only = elastic_only  # train only these elastic variants (the other cells exist already)
         self.data = load_dataset(f"sample:{dataset}", workdir / "data", val_fraction=config.val_fraction, seed=seed,
                                  max_per_class=config.datasets[dataset])
         self.cells: list[dict[str, Any]] = []
@@ -117,6 +120,8 @@ class SeedRun:
         target = self.run_config("pyra", self.config.schedule, "off")
         geo = geometry(backbone_structure(self.config.backbone, len(self.data.classes), self.config.img_size))
         levels = sweep_levels(list(target.schedule), self.config.fractions, geo)
+        if self.elastic_only:
+            return self.elastic_cells(list(target.schedule), levels, self.elastic_only)
         fresh = build_model(self.run_config("tome", list(target.schedule), "off"))
         for level in levels:
             correct = probe_correct(fresh, model_dataset(fresh, self.data.train), model_dataset(fresh, self.data.val),
@@ -134,9 +139,15 @@ class SeedRun:
                 self.add(method, "per-level", level, self.accuracy(model, level, method) | head, seconds_level)
             for level in levels[:-1]:  # the last per-level model, off its trained level
                 self.add(method, "target-only", level, self.accuracy(model, level, method), None)
-            for elastic in ("uniform", "sandwich"):
-                model, seconds_elastic, head = self.train(method, list(target.schedule), elastic,
-                                                          f"{method}-{elastic}")
+            self.elastic_cells(list(target.schedule), levels, ELASTIC_VARIANTS, methods=(method,))
+        return self.cells
+
+    def elastic_cells(self, target: list[int], levels: list[Level], variants: tuple[str, ...],
+                      methods: tuple[str, ...] = ("tome", "pyra")) -> list[dict[str, Any]]:
+        """One elastic model per method and variant, evaluated at every level."""
+        for method in methods:
+            for elastic in variants:
+                model, seconds_elastic, head = self.train(method, target, elastic, f"{method}-{elastic}")
                 for level in levels:
                     self.add(method, elastic, level, self.accuracy(model, level, method) | head,
                              seconds_elastic if level is levels[-1] else None)
@@ -148,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one tiny dataset, one seed, random ViT-Tiny")
     parser.add_argument("--only", default=None, help="comma-separated dataset@seed pairs to run (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--elastic-only", default=None,
+                        help=f"comma-separated elastic variants to train alone (of {', '.join(ELASTIC_VARIANTS)}), "
+                             "beside a matrix whose other cells exist")
     parser.add_argument("--out", type=Path, default=REPO / "docs", help="writes <out>/results/ (default docs/)")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
@@ -158,12 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [d for d, _ in pairs if d not in config.datasets]
         if unknown:
             parser.error(f"--only: unknown datasets {unknown}; choose among {list(config.datasets)}")
+    elastic_only = tuple(args.elastic_only.split(",")) if args.elastic_only else ()
+    if set(elastic_only) - set(ELASTIC_VARIANTS):
+        parser.error(f"--elastic-only: choose among {', '.join(ELASTIC_VARIANTS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     command = "python benchmarks/elastic_matrix.py" + "".join(
         f" {flag}" for flag, given in (("--quick", args.quick), (f"--only {args.only}", args.only),
-                                       (f"--threads {args.threads}", args.threads)) if given)
-    suffix = "_quick" if args.quick else f"-{args.only.replace(',', '-').replace('@', '')}" if args.only else ""
+                                       (f"--threads {args.threads}", args.threads),
+                                       (f"--elastic-only {args.elastic_only}", args.elastic_only)) if given)
+    suffix = "" if args.quick or not args.only else f"-{args.only.replace(',', '-').replace('@', '')}"
+    suffix += "".join(f"-{variant}" for variant in elastic_only) + ("_quick" if args.quick else "")
     path = args.out / "results" / f"elastic_matrix{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -180,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "splits": {}, "cells": [],
     }
     def run_pair(dataset: str, seed: int, workdir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        run = SeedRun(dataset, seed, config, workdir, log)
+        run = SeedRun(dataset, seed, config, workdir, log, elastic_only)
         cells = run.run()
         return cells, {"train": len(run.data.train), "val": len(run.data.val), "classes": list(run.data.classes)}
 

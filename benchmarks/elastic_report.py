@@ -21,7 +21,9 @@ from pyra.report.tables import markdown_table
 
 METHOD_LABELS = {key: method_label(key) for key in ("tome", "pyra")}
 VARIANT_LABELS = {"per-level": "one model per level", "target-only": "target-only, off-target",
-                  "uniform": "elastic uniform", "sandwich": "elastic sandwich"}
+                  "uniform": "elastic uniform", "sandwich": "elastic sandwich",
+                  "sandwich-labels": "elastic sandwich, labels only"}
+ELASTIC = ("uniform", "sandwich", "sandwich-labels")
 Pair = tuple[str, int]  # (dataset, seed)
 
 
@@ -43,6 +45,7 @@ class Cells:
                 self.levels.setdefault(cell["level"], {"fraction": cell["fraction"], "schedule": cell["schedule"],
                                                        "flops_ratio": cell["flops_ratio"]})
         self.pairs = sorted({pair for cells in self.by_key.values() for pair in cells})
+        self.elastic = tuple(v for v in ELASTIC if any(key[1] == v for key in self.by_key))  # variants measured
 
     def accuracy(self, method: str, variant: str, level: int, pairs: Sequence[Pair]) -> Optional[list[float]]:
         cells = self.by_key.get((method, variant, level), {})
@@ -77,12 +80,13 @@ def _level_name(cells: Cells, level: int) -> str:
 
 def accuracy_table(cells: Cells, pairs: Sequence[Pair], spread: bool) -> str:
     header = ["level (FLOPs ratio)", "probe", "ToMe training-free"]
-    header += [f"{METHOD_LABELS[m]}, {VARIANT_LABELS[v]}" for m in METHOD_LABELS for v in VARIANT_LABELS]
+    shown = ("per-level", "target-only", *cells.elastic)
+    header += [f"{METHOD_LABELS[m]}, {VARIANT_LABELS[v]}" for m in METHOD_LABELS for v in shown]
     rows = []
     for level in sorted(cells.levels):
         row = [_level_name(cells, level), _mean(cells.baseline("probe", level, pairs), spread),
                _mean(cells.baseline("tome_free", level, pairs), spread)]
-        row += [_mean(cells.accuracy(m, v, level, pairs), spread) for m in METHOD_LABELS for v in VARIANT_LABELS]
+        row += [_mean(cells.accuracy(m, v, level, pairs), spread) for m in METHOD_LABELS for v in shown]
         rows.append(row)
     return markdown_table(header, rows)
 
@@ -90,13 +94,13 @@ def accuracy_table(cells: Cells, pairs: Sequence[Pair], spread: bool) -> str:
 def difference_table(cells: Cells, pairs: Sequence[Pair]) -> str:
     """Each elastic variant minus the per-level model, per level and method."""
     header = ["level (FLOPs ratio)"] + [f"{METHOD_LABELS[m]}: {v} - per level" for m in METHOD_LABELS
-                                        for v in ("uniform", "sandwich")]
+                                        for v in cells.elastic]
     rows = []
     for level in sorted(cells.levels):
         row = [_level_name(cells, level)]
         for method in METHOD_LABELS:
             per_level = cells.accuracy(method, "per-level", level, pairs)
-            for variant in ("uniform", "sandwich"):
+            for variant in cells.elastic:
                 row.append(_difference(cells.accuracy(method, variant, level, pairs), per_level, (variant, "per level")))
         rows.append(row)
     return markdown_table(header, rows)
@@ -105,14 +109,14 @@ def difference_table(cells: Cells, pairs: Sequence[Pair]) -> str:
 def probe_table(cells: Cells, pairs: Sequence[Pair]) -> str:
     """Every trained variant minus the frozen-feature probe at the same level."""
     header = ["level (FLOPs ratio)", "LoRA uncompressed - probe"] + [
-        f"{METHOD_LABELS[m]}, {v} - probe" for m in METHOD_LABELS for v in ("per-level", "sandwich", "uniform")]
+        f"{METHOD_LABELS[m]}, {v} - probe" for m in METHOD_LABELS for v in ("per-level", *cells.elastic)]
     rows = []
     for level in sorted(cells.levels):
         probe = cells.baseline("probe", level, pairs)
         uncompressed = cells.baseline("uncompressed", 0, pairs) if level == 0 else None
         row = [_level_name(cells, level), _difference(uncompressed, probe, ("LoRA", "probe")) if uncompressed else ""]
         row += [_difference(cells.accuracy(m, v, level, pairs), probe, (v, "probe"))
-                for m in METHOD_LABELS for v in ("per-level", "sandwich", "uniform")]
+                for m in METHOD_LABELS for v in ("per-level", *cells.elastic)]
         rows.append(row)
     return markdown_table(header, rows)
 
@@ -120,7 +124,7 @@ def probe_table(cells: Cells, pairs: Sequence[Pair]) -> str:
 def choice_lines(cells: Cells, pairs: Sequence[Pair]) -> list[str]:
     """Which elastic variant falls least behind one model per level, at its worst level and method."""
     worst: dict[str, tuple[float, str]] = {}
-    for variant in ("uniform", "sandwich"):
+    for variant in cells.elastic:
         for method, label in METHOD_LABELS.items():
             for level in sorted(cells.levels):
                 elastic = cells.accuracy(method, variant, level, pairs)
@@ -145,7 +149,7 @@ def off_target_lines(cells: Cells, pairs: Sequence[Pair]) -> list[str]:
     lines = []
     for method, label in METHOD_LABELS.items():
         target_only = cells.accuracy(method, "target-only", 0, pairs)
-        for variant in ("sandwich", "uniform"):
+        for variant in cells.elastic:
             elastic = cells.accuracy(method, variant, 0, pairs)
             lines.append(f"- {label}, elastic {variant} - target-only, both uncompressed: "
                          f"{_difference(elastic, target_only, (variant, 'target-only'))} points.")
@@ -174,8 +178,7 @@ def time_table(cells: Cells, pairs: Sequence[Pair]) -> str:
         per_level = seconds(method, "per-level", [level for level in cells.levels if level > 0])
         for name, value in (("one model per level (all compressed levels)", per_level),
                             ("one model at the target", seconds(method, "per-level", [target])),
-                            ("elastic uniform", seconds(method, "uniform", [target])),
-                            ("elastic sandwich", seconds(method, "sandwich", [target]))):
+                            *((VARIANT_LABELS[v], seconds(method, v, [target])) for v in cells.elastic)):
             rows.append([label, name, "n/a" if value is None else f"{value:.0f}"])
     rows.append(["LoRA", "uncompressed", "n/a" if uncompressed is None else f"{uncompressed:.0f}"])
     return markdown_table(["method", "training", "mean seconds per (dataset, seed)"], rows)

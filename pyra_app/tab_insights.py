@@ -18,7 +18,7 @@ from pyra_app.tab_token_maps import MODEL_CONCURRENCY
 
 def build(c: SimpleNamespace) -> None:
     c.ins_run = inputs.Dropdown([], label="Run", value=None)
-    c.ins_note = gr.Markdown()
+    c.ins_note = gr.Markdown(elem_id="ins-note")
     with gr.Row():
         c.ins_curve = gr.Plot(label="Training curve")
         c.ins_confusion = gr.Plot(label="Confusion matrix")

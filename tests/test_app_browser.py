@@ -16,6 +16,7 @@ import pytest
 from test_app_api import running_app
 
 from benchmarks.app_server import TINY_BACKBONE
+from benchmarks.tour import TABS, open_tab
 from benchmarks.zips import colour_zip
 
 CHROMIUM = Path(os.environ.get("PYRA_CHROMIUM", "/usr/bin/chromium"))
@@ -184,19 +185,6 @@ def test_values_over_the_limits_get_the_apps_message_in_the_browser(browser, tmp
         expect(page.locator(".toast-body").first).to_contain_text("more than the limit of 15 per request",
                                                                    timeout=60_000)
         expect(page.locator("#train-status")).not_to_contain_text("Starting")
-
-
-TABS = ("1. Data", "2. Train", "3. Compare", "4. Token maps", "5. Inside a layer", "6. Insights", "7. Export")
-
-
-def open_tab(page, name: str) -> None:
-    """Click a tab, through Gradio's "More tabs" menu when the screen is too narrow to show it."""
-    tab = page.get_by_role("tab", name=name)
-    if tab.count() and tab.first.is_visible():
-        tab.first.click()
-        return
-    page.get_by_role("button", name="More tabs").click()
-    page.locator(".overflow-dropdown button", has_text=name).click()
 
 
 @pytest.mark.browser

@@ -53,7 +53,7 @@ def test_level_sampler_is_seeded_and_follows_its_rule():
         LevelSampler("sometimes", 0)
 
 
-@pytest.mark.parametrize("mode, passes", [("uniform", 1), ("sandwich", 3), ("off", 1)])
+@pytest.mark.parametrize("mode, passes", [("uniform", 1), ("sandwich", 3), ("sandwich-labels", 3), ("off", 1)])
 def test_elastic_training_merges_at_the_drawn_levels(mode, passes):
     model = build_model(tiny_run_config(schedule=TARGET))
     seen = _recorded_schedules(model)
@@ -71,8 +71,23 @@ def test_elastic_training_merges_at_the_drawn_levels(mode, passes):
         expected += [tuple(scaled_schedule(TARGET, f)) for f in levels]
     assert seen == expected and len(seen) == passes * result.steps
     assert tuple(model.merge_config.schedule) == TARGET  # back at the target after training
-    if mode == "sandwich":  # every step trains uncompressed, at the target, and somewhere between
+    if mode.startswith("sandwich"):  # every step trains uncompressed, at the target, and somewhere between
         assert all(s[0] == (0,) * 12 and s[1] == TARGET for s in zip(seen[::3], seen[1::3]))
+
+
+@pytest.mark.parametrize("mode, label_passes", [("sandwich", 1), ("sandwich-labels", 3)])
+def test_the_sandwich_distils_its_later_passes_unless_told_to_use_the_labels(mode, label_passes, monkeypatch):
+    """Cross-entropy on the labels: once per step (the uncompressed pass) with in-place distillation,
+    at every pass without it."""
+    import pyra.run.train as training
+
+    calls = []
+    real = training.F.cross_entropy
+    monkeypatch.setattr(training.F, "cross_entropy", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = build_model(tiny_run_config(schedule=TARGET))
+    config = TrainConfig(epochs=1, batch_size=6, elastic=mode, head_start=False, eval_every_epoch=False, seed=5)
+    result = train(model, dataset_for(model, coloured_squares()), config)
+    assert result.status == "completed" and len(calls) == label_passes * result.steps
 
 
 def test_a_model_that_does_not_merge_trains_one_plain_pass():

@@ -19,6 +19,7 @@ from PIL import Image
 from pyra.data.datasets import DatasetSplit, load_dataset
 from pyra.data.limits import DataError
 from pyra.data.samples import list_samples
+from pyra.method.elastic import ELASTIC_MODES
 from pyra.method.parameters import parameter_report
 from pyra.method.patch import geometry
 from pyra.method.schedule import METHODS, flops_ratio, forward_flops, parse_schedule, resolve_schedule, tokens_per_layer
@@ -88,7 +89,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (paper: 0.1)")
     parser.add_argument("--drop-path", type=float, help="stochastic depth rate (paper: 0.1)")
     elastic = parser.add_mutually_exclusive_group()
-    elastic.add_argument("--elastic", nargs="?", const="sandwich", choices=("uniform", "sandwich"),
+    elastic.add_argument("--elastic", nargs="?", const="sandwich", choices=tuple(m for m in ELASTIC_MODES if m != "off"),
                          help="train a merging model for every level from uncompressed to --schedule "
                               "(default with the small-data recipe: sandwich)")
     elastic.add_argument("--no-elastic", dest="elastic", action="store_const", const="off",

@@ -12,6 +12,7 @@ pass's soft predictions (in-place distillation).
 - "uniform": one level drawn uniformly from [0, 1].
 - "sandwich": uncompressed on the labels, then the target and one uniform level on the
   uncompressed pass's predictions (Yu & Huang, Universally Slimmable Networks, ICCV 2019).
+- "sandwich-labels": the same three levels, every pass on the labels (no distillation).
 """
 from __future__ import annotations
 
@@ -19,16 +20,22 @@ import random
 from collections.abc import Sequence
 from typing import Literal, get_args
 
-__all__ = ["ElasticMode", "ELASTIC_MODES", "check_elastic", "scaled_schedule", "LevelSampler", "head_start_fractions"]
+__all__ = ["ElasticMode", "ELASTIC_MODES", "check_elastic", "distils", "scaled_schedule", "LevelSampler",
+           "head_start_fractions"]
 
 
-ElasticMode = Literal["off", "uniform", "sandwich"]
+ElasticMode = Literal["off", "uniform", "sandwich", "sandwich-labels"]
 ELASTIC_MODES: tuple[str, ...] = get_args(ElasticMode)
 
 
 def check_elastic(mode: str) -> None:
     if mode not in ELASTIC_MODES:
         raise ValueError(f"elastic must be one of {', '.join(ELASTIC_MODES)}, got {mode!r}")
+
+
+def distils(mode: ElasticMode) -> bool:
+    """A step's later passes learn from its first pass's soft predictions (in-place distillation)."""
+    return mode == "sandwich"
 
 
 def scaled_schedule(target: Sequence[int], fraction: float) -> list[int]:
@@ -52,7 +59,7 @@ class LevelSampler:
             return (1.0,)
         if self.mode == "uniform":
             return (self._rng.random(),)
-        return (0.0, 1.0, self._rng.random())
+        return (0.0, 1.0, self._rng.random())  # both sandwich modes
 
 
 def head_start_fractions(mode: ElasticMode) -> tuple[float, ...]:

@@ -25,7 +25,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from pyra.method.elastic import ElasticMode, LevelSampler, check_elastic, head_start_fractions, scaled_schedule
+from pyra.method.elastic import (
+    ElasticMode,
+    LevelSampler,
+    check_elastic,
+    distils,
+    head_start_fractions,
+    scaled_schedule,
+)
 from pyra.method.parameters import parameter_kind
 from pyra.method.patch import set_schedule
 from pyra.rng import RNG_LOCK
@@ -112,7 +119,7 @@ class Progress:
     step: int  # optimiser steps done, 1-based
     total_steps: int
     epoch: int  # 1-based
-    loss: float  # training loss of this step (mean over its passes: labels first, then distillation)
+    loss: float  # training loss of this step (mean over its passes: labels first, then distillation or labels)
     lr: float  # LoRA + head learning rate used at this step
     fraction: float  # step / total_steps
     images_per_s: float  # training throughput so far (validation excluded)
@@ -316,7 +323,7 @@ class _Loop:
                 set_schedule(self.model, scaled_schedule(self.target, fraction))
             with RNG_LOCK, torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
                 logits = self.model(images).float()  # dropout and drop-path draw here: not while a model is built
-            if teacher is None:
+            if teacher is None or not distils(self.elastic):
                 loss = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
                 teacher = logits.detach().softmax(dim=-1)
             else:  # in-place distillation: cross-entropy against the first pass's soft predictions
