@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         expect(page.get_by_text("PYRA Studio").first).to_be_visible(timeout=60_000)
         page.get_by_role("tab", name="2. Train").click()
         start = time.monotonic()
-        page.get_by_role("button", name="Quick demo").click()
+        page.get_by_role("button", name="Quick demo", exact=True).click()
         expect(page.locator("#train-status")).to_contain_text("Done", timeout=900_000)
         report["seconds"] = round(time.monotonic() - start, 1)
         report["status"] = page.locator("#train-status").inner_text()

@@ -23,14 +23,25 @@ WIDTHS = {"desktop": 1400, "phone": 390}
 PHOTO = "astronaut"
 
 
-def open_tab(page, name: str) -> None:
-    """Click a tab, through Gradio's "More tabs" menu when the screen is too narrow to show it."""
-    tab = page.get_by_role("tab", name=name)
-    if tab.count() and tab.first.is_visible():
-        tab.first.click()
-        return
-    page.get_by_role("button", name="More tabs").click()
-    page.locator(".overflow-dropdown button", has_text=name).click()
+def open_tab(page, name: str, tries: int = 20) -> None:
+    """Click a tab, through Gradio's "More tabs" menu when the screen is too narrow to show it (the tab bar
+    settles a moment after the page draws: look again a few times)."""
+    for _ in range(tries):
+        tabs = page.get_by_role("tab", name=name)
+        shown = [tabs.nth(i) for i in range(tabs.count()) if tabs.nth(i).is_visible()]
+        if shown:
+            shown[0].click()
+            return
+        more = page.get_by_role("button", name="More tabs")
+        if more.count() and more.first.is_visible():
+            more.first.click()
+            item = page.locator(".overflow-dropdown button", has_text=name)
+            if item.count() and item.first.is_visible():
+                item.first.click()
+                return
+            page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
+    raise AssertionError(f"no tab {name!r} to click on the page")
 
 
 def pick_photo(page, prefix: str) -> None:

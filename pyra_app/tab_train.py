@@ -24,14 +24,14 @@ WEIGHT_TYPES = [".safetensors", ".pth", ".pt", ".bin"]
 TRAIN_CONCURRENCY = int(os.environ.get("PYRA_TRAIN_CONCURRENCY", "1"))  # training jobs at once, all sessions
 EXPLANATION = (
     "Trains three models on the loaded data: LoRA uncompressed, ToMe + LoRA and PYRA + LoRA. The two merging "
-    "models are trained **elastically**: every step merges at a level between uncompressed and the target (the "
-    "uncompressed pass teaches the compressed ones), so one model is trained for every position of the Compare "
+    "models are trained **elastically**: every step trains uncompressed, at the target and at a random level "
+    "between them, so one model is trained for every position of the Compare "
     "tab's slider. Each model's head starts from a logistic regression on the backbone's features. Then accuracy "
     "and speed are measured at every level. **Quick demo**: Fashion-MNIST sample (100 training and 300 validation "
     "images), default backbone, 2 epochs: about 3 minutes on 2 CPU cores.")
 
 # The quick demo: the built-in Fashion-MNIST sample (10 train + 30 validation images per class), the shipped
-# DINOv2 ViT-S/14 at its CPU default of 112 px, the default recipe (head start, elastic sandwich training, no
+# DINOv2 ViT-S/14 at its CPU default of 112 px, the default recipe (head start, elastic sandwich training on the labels, no
 # dropout) for QUICK_DEMO_TRAIN.epochs epochs, three levels. Its time on 2 CPU cores is in docs/RESULTS.md. Its
 # 14 optimiser steps want a lower learning rate than the recipe's (chosen on other splits of the same data by
 # benchmarks/quick_demo_recipe.py).

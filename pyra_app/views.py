@@ -31,6 +31,7 @@ TRAINING_TEXT = {  # compare row "training" -> the table's "Trained for this lev
     "per-level": "yes: its own model",
     "elastic-uniform": "yes: elastic",
     "elastic-sandwich": "yes: elastic",
+    "elastic-sandwich-labels": "yes: elastic",
 }
 PROTOCOL_CHOICES = [("elastic: one model per method for every level", "elastic"),
                     ("per level: one model per method and level (the paper's, slower)", "per-level")]
@@ -215,7 +216,7 @@ def example_note(speed_measured_here: bool) -> str:
     speed = ("latency and throughput were measured on this server when you opened this tab"
              if speed_measured_here else "latency and throughput are from the machine that built it until this "
              "server has measured them (it does when you open this tab)")
-    return ("📦 **Worked example shipped with the app**: the Quick demo's three models (Fashion-MNIST sample, 100 "
+    return ("**Worked example shipped with the app**: the Quick demo's three models (Fashion-MNIST sample, 100 "
             "training and 300 validation images, default backbone, 2 epochs), trained by "
             "`benchmarks/worked_example.py`. Its accuracies were measured then; " + speed + ". Train your own on "
             "the Train tab (or press Quick demo) to replace it.")

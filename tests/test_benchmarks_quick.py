@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.charts import PngRendererMissing, chromium_path
+from benchmarks.elastic_matrix import ELASTIC_VARIANTS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -67,7 +68,7 @@ def test_elastic_matrix_quick_has_every_variant_at_every_level(quick_out: Path) 
     expected = {("probe", "probe", level) for level in levels} | {("uncompressed", "uncompressed", 0)}
     expected |= {("tome_free", "training-free", level) for level in levels if level > 0}
     for method in ("tome", "pyra"):
-        expected |= {(method, variant, level) for level in levels for variant in ("per-level", "uniform", "sandwich")}
+        expected |= {(method, variant, level) for level in levels for variant in ("per-level", *ELASTIC_VARIANTS)}
         expected |= {(method, "target-only", level) for level in levels[:-1]}
     assert set(cells) == expected
     for cell in report["cells"]:
@@ -78,6 +79,15 @@ def test_elastic_matrix_quick_has_every_variant_at_every_level(quick_out: Path) 
     assert trained["seconds"] >= trained["head_start_seconds"] > 0  # training time includes its head start
     ratios = [cells[("probe", "probe", level)]["flops_ratio"] for level in levels]
     assert ratios == sorted(ratios) and ratios[0] == 1.0
+
+
+def test_elastic_matrix_trains_one_variant_alone_beside_a_matrix(tmp_path: Path) -> None:
+    run_script("elastic_matrix.py", "--quick", "--elastic-only", "sandwich-labels", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "results" / "elastic_matrix-sandwich-labels_quick.json").read_text())
+    levels = range(len(report["settings"]["fractions"]))
+    assert report["complete"] and "--elastic-only sandwich-labels" in report["command"]
+    assert {(c["method"], c["variant"], c["level"]) for c in report["cells"]} == {
+        (method, "sandwich-labels", level) for method in ("tome", "pyra") for level in levels}
 
 
 def test_recipe_search_quick_covers_its_grid(quick_out: Path) -> None:

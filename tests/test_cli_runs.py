@@ -106,8 +106,8 @@ def test_default_train_is_elastic_with_a_head_start_and_records_it(trained_run):
     run_dir, summary = trained_run
     config = json.loads((run_dir / "config.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert config["train"]["elastic"] == "sandwich" and config["train"]["head_start"] is True
-    assert summary["elastic"] == metrics["elastic"] == "sandwich"
+    assert config["train"]["elastic"] == "sandwich-labels" and config["train"]["head_start"] is True
+    assert summary["elastic"] == metrics["elastic"] == "sandwich-labels"
     assert summary["head_start"]["levels"] == 2 and metrics["head_start"] == summary["head_start"]
     assert all(len(step["levels"]) == 3 for step in metrics["history"])
 

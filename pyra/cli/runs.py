@@ -89,9 +89,10 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (paper: 0.1)")
     parser.add_argument("--drop-path", type=float, help="stochastic depth rate (paper: 0.1)")
     elastic = parser.add_mutually_exclusive_group()
-    elastic.add_argument("--elastic", nargs="?", const="sandwich", choices=tuple(m for m in ELASTIC_MODES if m != "off"),
+    elastic.add_argument("--elastic", nargs="?", const=TrainConfig.elastic,
+                         choices=tuple(m for m in ELASTIC_MODES if m != "off"),
                          help="train a merging model for every level from uncompressed to --schedule "
-                              "(default with the small-data recipe: sandwich)")
+                              f"(default with the small-data recipe: {TrainConfig.elastic})")
     elastic.add_argument("--no-elastic", dest="elastic", action="store_const", const="off",
                          help="train at --schedule only")
     parser.add_argument("--head-start", action=argparse.BooleanOptionalAction, default=None,

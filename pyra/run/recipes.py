@@ -28,7 +28,7 @@ class Recipe:
 
 
 DEFAULT_RECIPE = Recipe(
-    "small-data", "a few CPU epochs on a few hundred images: head start, elastic sandwich training, no dropout",
+    "small-data", "a few CPU epochs on a few hundred images: head start, elastic sandwich training on the labels, no dropout",
     TrainConfig(), lora_dropout=0.0, drop_path_rate=0.0,
 )
 PAPER_RECIPE = Recipe(

@@ -64,7 +64,7 @@ class TrainConfig:
     grad_clip: Optional[float] = 1.0  # max global norm of the trainable gradients; None = off
     seed: int = 0  # model RNG (dropout, drop-path), batch order and elastic levels
     eval_every_epoch: bool = True  # validate after every epoch (False: only after the last)
-    elastic: ElasticMode = "sandwich"  # levels per step for a merging model (pyra.method.elastic); "off" = target only
+    elastic: ElasticMode = "sandwich-labels"  # levels per step of a merging model (pyra.method.elastic); "off" = target only
     head_start: bool = True  # fit the head by logistic regression on frozen features first (pyra.run.head_start)
     head_start_c: float = 0.05  # its inverse L2 strength: a probe that fits 100% of a few hundred training
     # images (scikit-learn's C = 1) leaves fine-tuning almost no loss to learn from (benchmarks/recipe_search.py)
