@@ -86,7 +86,7 @@ def test_elastic_rows_come_from_one_model_per_method(comparison):
         for method in ("tome", "pyra"):
             assert result.run_for(method, level.index) == result.run_dirs[f"{method}@0"]
         rows = {row["method"]: row for row in result.rows_at(level.index)}
-        assert rows["pyra"]["trained_for_level"] and rows["pyra"]["training"] == "elastic-sandwich"
+        assert rows["pyra"]["trained_for_level"] and rows["pyra"]["training"] == "elastic-sandwich-labels"
         assert not rows["tome_free"]["trained_for_level"] and rows["tome_free"]["training"] == "training-free"
 
 
