@@ -1,8 +1,9 @@
 """The worked example every new session opens on: the Quick demo's comparison, shipped in
 assets/example/ (adapters only; `python benchmarks/worked_example.py` re-creates it).
 
-A session starts with the example's result and the Quick demo's data, so every tab works before
-anything is trained; training its own comparison replaces the example for that session. Its
+A session starts with the example's result (no data is loaded for it: that stays the visitor's
+choice), so every tab works before anything is trained; training its own comparison replaces the
+example for that session. Its
 accuracies are the recorded ones; its latency and throughput are measured again on this server
 the first time the session looks at them (`with_speed_measured_here`).
 """
