@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.app_server import serve_app
-from benchmarks.charts import chromium_path
+from benchmarks.charts import CHROMIUM_ARGS, chromium_path
 from pyra.report.tables import machine_info
 
 REPO = Path(__file__).resolve().parents[1]
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 LIMIT_S = 180.0  # the demo's promise on 2 CPU cores
 WIDTHS = {"desktop": 1400, "phone": 390}
 

@@ -16,9 +16,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.app_server import serve_app
-from benchmarks.charts import chromium_path
+from benchmarks.charts import CHROMIUM_ARGS, chromium_path
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 WIDTHS = {"desktop": 1400, "phone": 390}
 PHOTO = "astronaut"
 

@@ -16,11 +16,11 @@ import pytest
 from test_app_api import running_app
 
 from benchmarks.app_server import TINY_BACKBONE
+from benchmarks.charts import CHROMIUM_ARGS
 from benchmarks.tour import TABS, open_tab
 from benchmarks.zips import colour_zip
 
 CHROMIUM = Path(os.environ.get("PYRA_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 SCREENSHOT_ENV = "PYRA_SCREENSHOT"  # where to save the screenshot (e.g. docs/screenshot.png); default: tmp_path
 TRAIN_TIMEOUT_MS = 300_000
 
