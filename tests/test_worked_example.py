@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pyra.data.datasets import load_dataset
+from pyra.report.methods import MERGE_METHODS
 from pyra.run.checkpoint import ADAPTER_FILE, load_run
 from pyra.run.metrics import evaluate
 from pyra.run.one_run import model_dataset
@@ -34,13 +35,11 @@ def test_the_shipped_models_give_the_recorded_accuracies(tmp_path):
     data = load_dataset(f"sample:{QUICK_DEMO_DATA['sample']}", tmp_path / "data",
                         val_fraction=QUICK_DEMO_DATA["val_fraction"], max_per_class=QUICK_DEMO_DATA["max_per_class"])
     assert len(data.val) == record["data"]["val"]
-    models = {key: load_run(path)[0] for key, path in result.run_dirs.items()}
-    seed = next(iter(result.run_dirs)).partition("@")[2]
+    models = {path: load_run(path)[0] for path in result.run_dirs.values()}
     for row in result.rows:
         level = result.levels[row["level"]]
-        trained = {"uncompressed": "uncompressed", "tome_free": "uncompressed"}.get(row["method"], row["method"])
-        model = models[f"{trained}@{seed}"]
-        merge = {"uncompressed": "none", "tome_free": "tome"}.get(row["method"], row["method"])
+        model = models[result.run_for(row["method"], row["level"])]
+        merge = MERGE_METHODS[row["method"]]
         schedule = list(level.schedule) if merge != "none" else [0] * len(level.schedule)
         report, _ = evaluate(model, model_dataset(model, data.val), data.classes, schedule=schedule,
                              method=merge if any(schedule) else "none")

@@ -28,6 +28,8 @@ COMPARED_MODELS = (
 )
 METHOD_ORDER = tuple(model.key for model in COMPARED_MODELS)
 METHOD_LABELS = {model.key: model.label for model in COMPARED_MODELS}
+MERGE_METHODS = {model.key: model.merge for model in COMPARED_MODELS}
+"""Row name -> merge method its accuracy is measured with, in row order."""
 TRAINED_METHODS = {model.key: model.merge for model in COMPARED_MODELS if model.trained}
 """Row name -> merge method the model is trained with."""
 MERGING_METHODS = tuple(key for key, merge in TRAINED_METHODS.items() if merge != "none")

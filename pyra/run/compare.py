@@ -23,7 +23,7 @@ from pyra.files import write_atomic
 from pyra.method.lora import merge_lora
 from pyra.method.patch import geometry, set_schedule
 from pyra.method.schedule import ScheduleSpec, VitGeometry, forward_flops
-from pyra.report.methods import MERGING_METHODS, METHOD_LABELS, TRAINED_METHODS
+from pyra.report.methods import MERGE_METHODS, MERGING_METHODS, METHOD_LABELS, TRAINED_METHODS
 from pyra.report.stats import accuracy_interval, paired_difference, paired_seed_difference, seed_summary
 from pyra.run.checkpoint import load_run
 from pyra.run.comparison import (
@@ -41,8 +41,6 @@ from pyra.run.one_run import make_run_config, model_dataset, train_run
 from pyra.run.run_config import RunConfig
 from pyra.run.speed import measure_speed
 from pyra.run.train import Progress
-
-"""Row name -> merge method the model is trained with."""
 
 
 def _jobs(config: CompareConfig, levels: list[Level]) -> list[tuple[int, str, Level]]:
@@ -171,12 +169,11 @@ def measure_result_speed(result: CompareResult, *, repeats: int = 3, batch: int 
     seed's models (accuracies, intervals and verdicts unchanged; nothing is written)."""
     protocol, target = result.protocol, result.levels[-1].index
     key_of = functools.partial(model_key, target_index=target, protocol=protocol)
-    seed = int(next(iter(result.run_dirs)).partition("@")[2].partition(":")[0])
     config = CompareConfig(protocol=protocol, bench_batch=batch, bench_repeats=repeats, device=device)
     loaded: dict[str, nn.Module] = {}
     rows = []
     for level in result.levels:
-        speed = _measure_level(result.run_dirs, loaded, seed, level, key_of, config)
+        speed = _measure_level(result.run_dirs, loaded, result.first_seed, level, key_of, config)
         for row in result.rows_at(level.index):
             stats = speed[row["method"]].to_dict()
             rows.append(row | _speed_fields(stats) | {"threads": stats["threads"]})
@@ -205,7 +202,7 @@ def _accuracies(data: DatasetSplit, config: CompareConfig, levels: list[Level], 
     plan: dict[str, list[tuple[Level, int, str, str]]] = {}  # model key -> (level, seed, row name, merge method)
     for level in levels:
         for seed in config.seeds:
-            for name, method in _evaluations():
+            for name, method in MERGE_METHODS.items():
                 plan.setdefault(key_of(name, seed, level), []).append((level, seed, name, method))
     correct: dict[int, dict[str, dict[int, np.ndarray]]] = {level.index: {} for level in levels}
     reports: dict[str, dict] = {}
@@ -235,14 +232,6 @@ def _accuracies(data: DatasetSplit, config: CompareConfig, levels: list[Level], 
     return ordered, reports, features
 
 
-def _evaluations():
-    """(row name, merge method) of every row of one level."""
-    yield "uncompressed", "none"
-    yield "tome_free", "tome"
-    yield "tome", "tome"
-    yield "pyra", "pyra"
-
-
 def _gflops(name: str, level: Level, geo) -> float:
     if name == "uncompressed":
         return forward_flops([0] * geo.depth, geo, "none") / 1e9
@@ -254,7 +243,7 @@ def _measure_level(run_dirs: dict[str, Path], loaded: dict[str, nn.Module], seed
     """Latency and throughput at `level` of the three trained models that give its rows (LoRA merged in);
     `loaded` keeps each model across levels."""
     chosen = {}
-    for name, method in (("uncompressed", "none"), ("tome", "tome"), ("pyra", "pyra")):
+    for name, method in TRAINED_METHODS.items():
         key = key_of(name, seed, level)
         if key not in loaded:
             loaded[key] = merge_lora(load_run(run_dirs[key])[0].to(config.device))

@@ -118,9 +118,14 @@ class CompareResult:
     def rows_at(self, level: int) -> list[dict]:
         return [row for row in self.rows if row["level"] == level]
 
+    @property
+    def first_seed(self) -> int:
+        """The seed of the first run (the one token maps, reports and speed use)."""
+        return int(next(iter(self.run_dirs)).partition("@")[2].partition(":")[0])
+
     def run_for(self, method: str, level: int, seed: Optional[int] = None) -> Path:
         """The run folder whose model gives `method`'s accuracy at level `level` (first seed by default)."""
-        seed = int(next(iter(self.run_dirs)).partition("@")[2].partition(":")[0]) if seed is None else seed
+        seed = self.first_seed if seed is None else seed
         return self.run_dirs[model_key(method, seed, self.levels[level], self.levels[-1].index, self.protocol)]
 
     def to_dict(self) -> dict:
