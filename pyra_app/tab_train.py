@@ -163,15 +163,12 @@ def stop(session: Optional[Session]) -> str:
     return "**Stopping** after the current step..."
 
 
-def _quick_demo_data(session: Optional[Session], request: gr.Request) -> tuple:
-    return tab_data.load_sample(session, QUICK_DEMO_DATA["sample"], QUICK_DEMO_DATA["max_per_class"],
-                                QUICK_DEMO_DATA["val_fraction"], request)
-
-
 @friendly_errors
 def quick_demo_settings(session: Optional[Session], request: gr.Request) -> tuple:
     """Load the quick demo's data, fill the Train controls with its settings and show the Train tab."""
-    return (*_quick_demo_data(session, request), QUICK_DEMO_DATA["sample"], QUICK_DEMO_DATA["max_per_class"],
+    data = tab_data.load_sample(session, QUICK_DEMO_DATA["sample"], QUICK_DEMO_DATA["max_per_class"],
+                                QUICK_DEMO_DATA["val_fraction"], request)
+    return (*data, QUICK_DEMO_DATA["sample"], QUICK_DEMO_DATA["max_per_class"],
             *settings.control_values(QUICK_DEMO_TRAIN), gr.Tabs(selected=TAB_ID))
 
 
