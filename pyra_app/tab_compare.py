@@ -30,6 +30,7 @@ def build(c: SimpleNamespace) -> None:
     c.verdicts = gr.Markdown(elem_id="verdicts")
     c.hint = gr.Markdown()
     c.chart = gr.Plot(label="Accuracy vs throughput (the current level is enlarged)", elem_id="compare-chart")
+    c.compare_seen = gr.State(False)  # the visitor has opened this tab
 
 
 def _level_outputs(c: SimpleNamespace) -> list:
@@ -39,11 +40,15 @@ def _level_outputs(c: SimpleNamespace) -> list:
 def wire(c: SimpleNamespace, trained: list) -> None:
     c.level.change(select_level, [c.session, c.level], _level_outputs(c), api_name="select_level",
                    show_progress="hidden", trigger_mode="always_last")
-    c.compare_tab.select(measure_example_speed, [c.session], [c.session, c.level, *_level_outputs(c)],
-                         concurrency_id="model", api_visibility="private", show_progress="minimal")
+    # the example's speed is measured once the tab has been opened and the session holds the example, in
+    # whichever order those two happen (a visitor may open the tab before the page's arrival event is done)
+    measure = dict(fn=measure_example_speed, inputs=[c.session, c.compare_seen],
+                   outputs=[c.session, c.level, *_level_outputs(c)], concurrency_limit=1, concurrency_id="speed",
+                   api_visibility="private", show_progress="minimal")
+    c.compare_tab.select(lambda: True, None, c.compare_seen, queue=False, api_visibility="private").then(**measure)
     for index, job in enumerate(trained):
         api = {"api_name": "results"} if index == 0 else {"api_visibility": "private"}
-        job.success(refresh, [c.session], [c.level, *_level_outputs(c)], **api)
+        job.success(refresh, [c.session], [c.level, *_level_outputs(c)], **api).then(**measure)
 
 
 @friendly_errors
@@ -63,9 +68,11 @@ def select_level(session: Optional[Session], level: Any) -> tuple:
 
 
 @friendly_errors
-def measure_example_speed(session: Optional[Session]) -> tuple:
-    """The first time a session looks at the shipped example, measure its speed on this server."""
-    if session is None or not example.is_example(session.result) or example.speed_measured_here(session.result):
+def measure_example_speed(session: Optional[Session], tab_opened: bool) -> tuple:
+    """The first time a session looks at the shipped example, measure its speed on this server (one
+    measurement at a time on the server, so visitors' measurements do not slow each other down)."""
+    if (not tab_opened or session is None or not example.is_example(session.result)
+            or example.speed_measured_here(session.result)):
         return tuple(gr.skip() for _ in range(7))
     session.result = example.with_speed_measured_here(session.result)
     return (session, *refresh(session))

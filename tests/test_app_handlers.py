@@ -353,3 +353,15 @@ def test_the_lenient_inputs_send_the_browser_every_property_of_their_gradio_comp
         ours = getattr(inputs, name)(*args).get_config()
         theirs = getattr(gr, name)(*args).get_config()
     assert set(theirs) - set(ours) == set()
+
+
+def test_the_examples_speed_waits_for_both_the_tab_and_the_example(tmp_path):
+    """Nothing is measured before the visitor opens Compare, nor before the session holds the example
+    (whichever comes second triggers the measurement)."""
+    from pyra_app import example
+
+    session = Session(tmp_path / "s")
+    assert all(isinstance(v, type(gr.skip())) for v in tab_compare.measure_example_speed(None, True))
+    session.result = example.shipped_example()
+    skipped = tab_compare.measure_example_speed(session, False)
+    assert len(skipped) == 7 and session.result is example.shipped_example()
