@@ -36,7 +36,7 @@ from typing import Any, Optional
 from benchmarks.app_server import TINY_BACKBONE, TINY_TRAIN, App, serve_app
 from benchmarks.zips import colour_zip
 from pyra.files import size_text
-from pyra.report.tables import machine_info, markdown_table
+from pyra.report.tables import machine_info, markdown_table, write_section
 from pyra_app.budget import folder_bytes
 from pyra_app.session import session_dir_name
 
@@ -56,7 +56,6 @@ STOP_CLASSES = ("left", "right", "middle")
 MEMORY_TOLERANCE = 0.25  # share of the warm baseline RSS that memory may keep (see the --help epilog)
 UNLOAD_TIMEOUT_S = 60.0  # a closed session's folder must be gone by then
 SAMPLE_EVERY_S = 0.2
-MARKERS = ("<!-- session_load:start -->", "<!-- session_load:end -->")
 STOPPED = re.compile(r"cancelled by the user after (\d+) of (\d+) steps")
 STEP = re.compile(r"step (\d+)/(\d+)")
 
@@ -439,13 +438,6 @@ def print_summary(result: dict[str, Any]) -> None:
     print(f"  total {result['total_seconds']:.0f} s; failures: {result['failures'] or 'none'}", file=sys.stderr)
 
 
-def write_section(path: Path, markdown: str) -> None:
-    """Replace the text between the session_load markers of `path`."""
-    text = path.read_text(encoding="utf-8")
-    start, end = text.index(MARKERS[0]) + len(MARKERS[0]), text.index(MARKERS[1])
-    path.write_text(text[:start] + "\n" + markdown + "\n" + text[end:], encoding="utf-8")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -468,7 +460,7 @@ def main() -> None:
         (args.out / "session_load.md").write_text(markdown + "\n")
     else:
         (REPO / "docs" / "perf" / "session_load.json").write_text(json.dumps(result, indent=1))
-        write_section(REPO / "docs" / "RELIABILITY.md", markdown)
+        write_section(REPO / "docs" / "RELIABILITY.md", "session_load", markdown)
     print(markdown)
     sys.exit(1 if result["failures"] else 0)
 

@@ -13,7 +13,7 @@ disk of all sessions         5000 MB   PYRA_TOTAL_DISK_MB            before a zi
 trainings per request        15        PYRA_MAX_TRAININGS            seeds x methods (x levels, per-level)
 image size                   448 px    PYRA_MAX_IMG_SIZE             before training
 batch size                   64        PYRA_MAX_BATCH                before training
-training memory (estimate)   600 MB    PYRA_MAX_TRAIN_MEMORY_MB      before training (pyra.run.plan)
+training memory (estimate)   1024 MB   PYRA_MAX_TRAIN_MEMORY_MB      before training (pyra.run.plan)
 wall time per job            15 min    PYRA_JOB_MINUTES              while training: the job stops there
 idle time of a session       60 min    PYRA_SESSION_IDLE_MINUTES     its folder is removed after it
 uploaded weights file        400 MB    PYRA_MAX_WEIGHTS_MB           before the file is read
@@ -49,7 +49,7 @@ class Budget:
     max_trainings: int = 15
     max_img_size: int = 448
     max_batch: int = 64
-    max_train_memory_bytes: int = 600 * MB
+    max_train_memory_bytes: int = 1024 * MB
     job_seconds: float = 15 * 60.0
     idle_seconds: float = 60 * 60.0
     max_weights_bytes: int = 400 * MB

@@ -94,3 +94,11 @@ def format_bench(result: dict[str, Any]) -> str:
     header = [c.format(batch=result["batch_size"]) for c in TABLE_COLUMNS]
     overhead_note = "Overheads are extra time per image at batch throughput (medians)."
     return "\n".join([bench_title(result), settings, "", markdown_table(header, bench_rows(result)), "", overhead_note])
+
+
+def write_section(path: Path, name: str, markdown: str) -> None:
+    """Replace the text between `<!-- NAME:start -->` and `<!-- NAME:end -->` in the file at `path`."""
+    begin, finish = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text(encoding="utf-8")
+    start, end = text.index(begin) + len(begin), text.index(finish)
+    path.write_text(text[:start] + "\n" + markdown.strip("\n") + "\n" + text[end:], encoding="utf-8")

@@ -216,8 +216,9 @@ def _accuracies(data: DatasetSplit, config: CompareConfig, levels: list[Level], 
             schedule = tuple(level.schedule) if name != "uncompressed" else (0,) * len(level.schedule)
             merge_method = method if any(schedule) else "none"
             if (merge_method, schedule) not in cache:  # features come from the same forward: keep the first seed's
-                cache[(merge_method, schedule)] = evaluate(model, val_set, data.classes, schedule=list(schedule),
-                                                           method=merge_method, with_features=seed == first_seed)
+                cache[(merge_method, schedule)] = evaluate(  # at the training batch: within the memory estimate
+                    model, val_set, data.classes, schedule=list(schedule), method=merge_method,
+                    with_features=seed == first_seed, batch_size=config.train.batch_size)
             evaluation, predictions = cache[(merge_method, schedule)]
             at_target = level is target and seed == first_seed
             correct[level.index].setdefault(name, {})[seed] = predictions.correct

@@ -3,10 +3,13 @@
     plan = plan_compare(data, config)
     plan.trainings, plan.steps, plan.training_memory_bytes
 
-The memory estimate is for the largest training pass (activations kept for the backward pass,
-plus the weights of the model being trained). Measured by benchmarks/train_memory.py on the
-default DINOv2 ViT-S/14, 1 thread: about 62-82 bytes per (image x token x layer x channel) at
-65-1025 tokens and batch 1-64; the constant below is rounded up from those figures.
+The memory estimate is for one training as a comparison runs it: building the model from its
+weights, the head start's features, the training passes (activations kept for the backward
+pass) and validation; every inference pass runs at the training batch, so the training pass is
+the largest. Measured by benchmarks/train_memory.py on the default DINOv2 ViT-S/14 at 2 threads
+(docs/perf/train_memory.json): about 170 MB at batch 1 and 112 px, plus 75-85 bytes per
+(image x token x layer x channel) at 65-1025 tokens and batch 1-64; the estimate is 10-75%
+above every measured peak.
 """
 from __future__ import annotations
 
@@ -24,9 +27,8 @@ from pyra.run.comparison import CompareConfig
 __all__ = ["ComparePlan", "plan_compare", "training_memory_bytes", "ACTIVATION_BYTES", "FIXED_BYTES"]
 
 
-ACTIVATION_BYTES = 88  # per image x token x layer x channel of one training pass (measured 62-82, PYRA highest)
-FIXED_BYTES = 64 * 2**20  # optimiser, allocator, data loading, head start: 41 MB measured at batch 1, rounded up
-# so that the estimate also covers the peak benchmarks/space_abuse.py measures for a whole training job
+ACTIVATION_BYTES = 88  # per image x token x layer x channel of one training pass (measured 75-85)
+FIXED_BYTES = 192 * 2**20  # besides the weights: building the model, optimiser, allocator, threads (about 80 MB)
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class ComparePlan:
 
 
 def training_memory_bytes(structure: VisionTransformer, batch_size: int) -> int:
-    """Estimated memory one training step adds: activations of one pass + weights + overhead.
+    """Estimated memory one training adds: activations of one pass + weights + overhead.
 
     `structure` is the backbone at its input size (e.g. `pyra.backbones.factory.backbone_structure`).
     """

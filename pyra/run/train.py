@@ -227,7 +227,7 @@ def train(
         if config.head_start and not loop.cancelled():
             schedules = {tuple(scaled_schedule(loop.target, f)) for f in head_start_fractions(loop.elastic)}
             loop.head_start = fit_head(model, train_set, sorted(schedules), config.head_start_c,
-                                       batch_size=max(config.batch_size, 64))
+                                       batch_size=config.batch_size)  # never more memory than a step
             loop.good = _snapshot(loop.trainable)
         model.train()  # the frozen backbone still applies drop-path; LoRA applies dropout
         return loop.run()
