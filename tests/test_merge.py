@@ -1,6 +1,8 @@
 """Merging maths against a plain per-token loop written from the definition."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -79,3 +81,20 @@ def test_matching_respects_protection_and_cap():
     assert (matching.scores[:, :-1] >= matching.scores[:, 1:]).all()  # most similar first
     source = merge_source(matching, torch.eye(11)[None].expand(2, -1, -1))
     torch.testing.assert_close(source.sum(1), torch.ones(2, 11))
+
+
+def test_matching_order_equals_a_stable_descending_argsort_with_ties() -> None:
+    """The pairwise ranking (exportable to ONNX) picks the same sources, in the same order, and the
+    same kept tokens as torch's stable argsort, also when scores tie (blank patches) or are -inf."""
+    from pyra.method.merge import _descending_rank, _positions_by_slot
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        width = int(torch.randint(1, 40, (), generator=generator))
+        values = torch.randint(-3, 3, (3, width), generator=generator).float()
+        values[values == -3] = -math.inf
+        order = values.argsort(dim=1, descending=True, stable=True)
+        r = int(torch.randint(0, width + 1, (), generator=generator))
+        kept = _descending_rank(values) >= r
+        assert torch.equal(_positions_by_slot(_descending_rank(values), ~kept, r), order[:, :r])
+        assert torch.equal(_positions_by_slot(kept.cumsum(1) - 1, kept, width - r), order[:, r:].sort(dim=1).values)

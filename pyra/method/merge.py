@@ -47,6 +47,24 @@ def max_merge(num_tokens: int, num_protected: int) -> int:
     return max(num_tokens - num_protected, 0) // 2
 
 
+def _descending_rank(values: Tensor) -> Tensor:
+    """[B, M] -> [B, M] int64: each entry's place when sorted largest first, ties by position (the
+    inverse permutation of `argsort(descending=True, stable=True)`). Counted pairwise, which
+    exports to ONNX (it has no stable sort) and costs no more than the [B, N_A, N_B] scores."""
+    positions = torch.arange(values.shape[1], device=values.device)
+    earlier = positions[None, :] < positions[:, None]  # [i, j]: j comes before i
+    ahead = (values[:, None, :] > values[:, :, None]) | ((values[:, None, :] == values[:, :, None]) & earlier)
+    return ahead.sum(dim=-1)  # [B, i]: how many entries sort before entry i
+
+
+def _positions_by_slot(slot: Tensor, taken: Tensor, count: int) -> Tensor:
+    """slot, taken: [B, M] -> [B, count]: the positions p with taken[p], each placed at slot[p]
+    (the taken slots are 0..count-1 exactly once; the others go to a spare slot, dropped)."""
+    positions = torch.arange(slot.shape[1], device=slot.device).expand_as(slot)
+    index = torch.where(taken, slot, torch.full_like(slot, count))
+    return slot.new_zeros(slot.shape[0], count + 1).scatter(1, index, positions)[:, :count]
+
+
 @torch.no_grad()
 def bipartite_soft_matching(metric: Tensor, r: int, num_protected: int) -> Matching:
     """metric: [B, N, Ck] (keys averaged over heads) -> Matching of min(r, max_merge) pairs."""
@@ -58,12 +76,13 @@ def bipartite_soft_matching(metric: Tensor, r: int, num_protected: int) -> Match
     scores[:, : math.ceil(num_protected / 2), :] = -math.inf  # protected A tokens: even positions < P
     scores[:, :, : num_protected // 2] = -math.inf  # protected B tokens: odd positions < P
     best_score, best_dst = scores.max(dim=-1)  # [B, N_A]
-    order = best_score.argsort(dim=-1, descending=True, stable=True)  # [B, N_A]
-    src_idx = order[:, :r]
+    rank = _descending_rank(best_score)  # [B, N_A]
+    kept = rank >= r
+    src_idx = _positions_by_slot(rank, ~kept, r)  # most similar first
     return Matching(
         src_idx=src_idx,
         dst_idx=best_dst.gather(1, src_idx),
-        unm_idx=order[:, r:].sort(dim=-1).values,
+        unm_idx=_positions_by_slot(kept.cumsum(dim=1) - 1, kept, rank.shape[1] - r),  # ascending
         scores=best_score.gather(1, src_idx),
         num_protected=num_protected,
     )
