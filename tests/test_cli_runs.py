@@ -145,3 +145,30 @@ def test_eval_says_when_a_schedule_is_off_target(trained_run, image_folder, tmp_
     assert done.returncode == 0 and "off-target" in done.stdout
     on = json.loads(run_cli("eval", str(fixed), "--data", str(image_folder), "--repeats", "0", "--json").stdout)
     assert on["off_target"] is False
+
+
+def test_export_writes_an_onnx_file_that_gives_the_runs_logits(trained_run, image_folder, tmp_path):
+    import onnxruntime
+    import torch
+
+    from pyra import load_run
+    from pyra.method.lora import merge_lora
+
+    run_dir, _ = trained_run
+    path = tmp_path / "model.onnx"
+    done = run_cli("export", str(run_dir), "--onnx", str(path), "--dynamic-batch", "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    model, config = load_run(run_dir)
+    assert info["schedule"] == list(config.schedule) and any(config.schedule) and info["method"] == "pyra"
+    assert info["batch"] is None and info["max_abs_difference"] <= 1e-4
+    model = merge_lora(model).eval()
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(images).numpy()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert np.abs(session.run(None, {"image": images.numpy()})[0] - expected).max() <= 1e-4
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["pyra.classes"]) == list(config.classes) and json.loads(meta["pyra.img_size"]) == 64
+    done = run_cli("export", str(run_dir), "--onnx", str(tmp_path / "model.bin"))
+    assert done.returncode == 2 and ".onnx extension" in done.stderr

@@ -1,4 +1,4 @@
-"""The run commands of `python -m pyra`: samples, train, eval, compare, tokens.
+"""The run commands of `python -m pyra`: samples, train, eval, compare, tokens, export.
 
 Each `_add_<command>` declares its arguments, each `run_<command>` runs it and prints a
 summary (or only JSON with --json). Progress goes to stderr as one updating line when
@@ -340,4 +340,38 @@ def run_tokens(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = (_add_samples, _add_train, _add_eval, _add_compare, _add_tokens)
+# ---------------------------------------------------------------------------------------- export
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("export", help="write a run's model as one ONNX file (LoRA folded in, fixed schedule)")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--onnx", required=True, type=Path, help="the .onnx file to write")
+    parser.add_argument("--schedule", help="merge at this schedule instead of the trained one (0: no merging)")
+    parser.add_argument("--method", choices=METHODS, help="another merging method than the run's")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--batch", type=int, default=1, help="the fixed batch size of the graph (default 1)")
+    size.add_argument("--dynamic-batch", action="store_true", help="let the batch size vary")
+    parser.add_argument("--json", action="store_true", help="print only JSON")
+    parser.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pyra.run.onnx_export import export_run
+
+    if args.batch < 1:
+        raise ValueError(f"--batch must be a whole number >= 1, got {args.batch}")
+    if args.onnx.suffix != ".onnx":
+        raise ValueError(f"--onnx {args.onnx}: name the file with the .onnx extension")
+    schedule = parse_schedule(args.schedule) if args.schedule else None
+    args.onnx.parent.mkdir(parents=True, exist_ok=True)
+    info = export_run(args.run_dir, args.onnx, schedule=schedule, method=args.method, batch=args.batch,
+                      dynamic_batch=args.dynamic_batch)
+    batch = "any batch" if info.batch is None else f"batch {info.batch}"
+    emit(info.to_dict(), f"{info.path}: {info.method} at {info.schedule}, {batch}, {info.img_size} px, "
+                         f"{len(info.classes)} classes, {info.bytes / 2**20:.1f} MB; onnxruntime matches torch "
+                         f"to {info.max_abs_difference:.1e}", args.json)
+    return 0
+
+
+COMMANDS = (_add_samples, _add_train, _add_eval, _add_compare, _add_tokens, _add_export)

@@ -1,0 +1,133 @@
+"""A trained model as one ONNX file: LoRA folded into the weights, merging at one fixed schedule.
+
+    info = export_run(run_dir, "model.onnx")                    # the run's own schedule, batch 1
+    info = export_run(run_dir, "model.onnx", schedule="low", dynamic_batch=True)
+    logits = onnx_logits("model.onnx", images)                # images [B, 3, H, W], normalised
+
+A schedule fixes the tokens of every layer, so the graph has static shapes (only the batch may
+vary). The merge is written with gathers, scatters and a pairwise ranking, all of which ONNX has
+(`pyra.method.merge`). The file's metadata (keys under `pyra.`) records what is needed to run it
+without this package: class names, image size, mean and std, the schedule and the method.
+Exported with torch's dynamo exporter (needs `onnxscript`); checked in onnxruntime against the
+torch model on random images before it is reported.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from pyra.backbones.factory import data_config
+from pyra.method.lora import merge_lora
+from pyra.method.patch import geometry, set_schedule
+from pyra.method.schedule import Method, ScheduleSpec, resolve_schedule
+from pyra.run.checkpoint import load_run
+
+__all__ = ["ExportInfo", "export_model", "export_run", "onnx_logits", "onnx_metadata", "OPSET"]
+
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+CHECK_TOLERANCE = 1e-4  # largest |onnxruntime - torch| logit difference accepted on the check images
+
+
+@dataclass(frozen=True)
+class ExportInfo:
+    """What was written, and how closely onnxruntime reproduced the torch model."""
+
+    path: str
+    bytes: int
+    method: str
+    schedule: list[int]
+    batch: Optional[int]  # None: any batch size
+    img_size: int
+    classes: list[str]
+    max_abs_difference: float  # onnxruntime vs torch logits on the check images
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def export_model(model: nn.Module, path: str | Path, *, classes: list[str], batch: int = 1,
+                 dynamic_batch: bool = False, check_images: int = 3) -> ExportInfo:
+    """Write `model` (patched, at the schedule it should run; LoRA merged or absent) to `path`.
+
+    Raises ValueError when onnxruntime's logits differ from torch's by more than CHECK_TOLERANCE.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    path = Path(path)
+    model = model.eval()
+    img_size = model.patch_embed.img_size[0]
+    traced = check_images if dynamic_batch else batch  # a batch of 1 would be traced as a constant 1
+    example = torch.zeros(traced, 3, img_size, img_size)
+    shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its steps
+        torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_shapes=shapes, external_data=False, verbose=False)
+    config = model.merge_config if hasattr(model, "merge_config") else None
+    method, schedule = (config.method, list(config.schedule)) if config is not None else ("none", [0] * len(model.blocks))
+    _write_metadata(path, model, classes, method, schedule, None if dynamic_batch else batch)
+    check = torch.randn(traced, 3, img_size, img_size,
+                        generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(check).numpy()
+    difference = float(np.abs(onnx_logits(path, check.numpy()) - expected).max())
+    if not difference <= CHECK_TOLERANCE:
+        raise ValueError(f"the exported model's logits differ from the torch model's by {difference:.2e}, more than "
+                         f"{CHECK_TOLERANCE:g}; the file {path.name} is not usable")
+    return ExportInfo(str(path), path.stat().st_size, method, schedule, None if dynamic_batch else batch, img_size,
+                      list(classes), difference)
+
+
+def export_run(run_dir: str | Path, path: str | Path, *, schedule: Optional[ScheduleSpec] = None,
+               method: Optional[Method] = None, batch: int = 1, dynamic_batch: bool = False) -> ExportInfo:
+    """Export a run folder's model at `schedule` (default: the one it was trained for) with `method`
+    (default: its own; "none" or schedule 0 exports it without merging)."""
+    model, config = load_run(run_dir)
+    applied = list(config.schedule) if schedule is None else resolve_schedule(schedule, geometry(model))
+    chosen = method or config.method
+    set_schedule(model, applied, method=chosen if any(applied) else "none")
+    return export_model(merge_lora(model), path, classes=list(config.classes), batch=batch,
+                        dynamic_batch=dynamic_batch)
+
+
+def _write_metadata(path: Path, model: nn.Module, classes: list[str], method: str, schedule: list[int],
+                    batch: Optional[int]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    data = data_config(model)
+    props = {"classes": classes, "img_size": model.patch_embed.img_size[0], "mean": list(data["mean"]),
+             "std": list(data["std"]), "method": method, "schedule": schedule, "batch": batch,
+             "input": f"{INPUT_NAME}: float32 [batch, 3, H, W], RGB scaled to [0, 1], then (x - mean) / std",
+             "output": f"{OUTPUT_NAME}: float32 [batch, classes], softmax gives probabilities"}
+    onnx.helper.set_model_props(proto, {f"pyra.{key}": json.dumps(value) for key, value in props.items()})
+    proto.doc_string = "Exported by pyra: a timm Vision Transformer with LoRA merged and token merging at a fixed schedule."
+    onnx.save(proto, str(path))
+
+
+def onnx_metadata(path: str | Path) -> dict:
+    """The `pyra.` metadata of an exported file, decoded (classes, img_size, mean, std, ...)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    props = session.get_modelmeta().custom_metadata_map
+    return {key.removeprefix("pyra."): json.loads(value) for key, value in props.items() if key.startswith("pyra.")}
+
+
+def onnx_logits(path: str | Path, images: np.ndarray, threads: Optional[int] = None) -> np.ndarray:
+    """[B, 3, H, W] float32 normalised images -> [B, classes] logits, in onnxruntime on the CPU."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: images.astype(np.float32)})[0]
