@@ -6,9 +6,9 @@
 Each configuration runs in a fresh process at the app's thread count (2) and measures what one
 training of a comparison costs the app: reset the peak resident memory (Linux
 /proc/self/clear_refs), build the model from the shipped weights, fit the head start on
-max(2 x batch, 64) images (its features are computed 64 at a time), train two steps
-(elastic sandwich: three passes each), validate `batch` images, read the peak (VmHWM). Writes docs/perf/train_memory.json; the table is in
-docs/RELIABILITY.md.
+max(2 x batch, 64) images (at the training batch, as the app does), train two steps
+(elastic sandwich: three passes each), validate `batch` images, read the peak (VmHWM).
+Writes docs/perf/train_memory.json and the table into docs/RELIABILITY.md.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 FULL = [(112, 1), (112, 16), (112, 32), (112, 64), (168, 16), (224, 8), (224, 16), (280, 8), (448, 1)]
 QUICK = [(112, 1), (112, 16), (168, 8)]
 TRAIN_STEPS = 2
-HEAD_START_IMAGES = 64  # the head start's features are computed 64 images at a time: a full batch of them
+HEAD_START_IMAGES = 64  # at least this many training images: the head start sees several batches
 THREADS = 2  # the app's: torch uses every core of the 2-core machine
 
 
