@@ -69,11 +69,14 @@ def export_model(model: nn.Module, path: str | Path, *, classes: list[str], batc
     example = torch.zeros(traced, 3, img_size, img_size)
     shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its steps
-        torch.onnx.export(model, (example,), str(path), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_shapes=shapes, external_data=False, verbose=False)
+        program = torch.onnx.export(model, (example,), dynamo=True, opset_version=OPSET, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=shapes, verbose=False)
     config = model.merge_config if hasattr(model, "merge_config") else None
     method, schedule = (config.method, list(config.schedule)) if config is not None else ("none", [0] * len(model.blocks))
-    _write_metadata(path, model, classes, method, schedule, None if dynamic_batch else batch)
+    program.model.metadata_props.update(_metadata(model, classes, method, schedule, None if dynamic_batch else batch))
+    program.model.doc_string = ("Exported by pyra: a timm Vision Transformer with LoRA merged and token merging at a "
+                                "fixed schedule.")
+    program.save(str(path), external_data=False)
     check = torch.randn(traced, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = model(check).numpy()
@@ -98,19 +101,15 @@ def export_run(run_dir: str | Path, path: str | Path, *, schedule: Optional[Sche
                         dynamic_batch=dynamic_batch)
 
 
-def _write_metadata(path: Path, model: nn.Module, classes: list[str], method: str, schedule: list[int],
-                    batch: Optional[int]) -> None:
-    import onnx
-
-    proto = onnx.load(str(path))
+def _metadata(model: nn.Module, classes: list[str], method: str, schedule: list[int],
+              batch: Optional[int]) -> dict[str, str]:
+    """The file's `pyra.` metadata: each value JSON-encoded."""
     data = data_config(model)
     props = {"classes": classes, "img_size": model.patch_embed.img_size[0], "mean": list(data["mean"]),
              "std": list(data["std"]), "method": method, "schedule": schedule, "batch": batch,
              "input": f"{INPUT_NAME}: float32 [batch, 3, H, W], RGB scaled to [0, 1], then (x - mean) / std",
              "output": f"{OUTPUT_NAME}: float32 [batch, classes], softmax gives probabilities"}
-    onnx.helper.set_model_props(proto, {f"pyra.{key}": json.dumps(value) for key, value in props.items()})
-    proto.doc_string = "Exported by pyra: a timm Vision Transformer with LoRA merged and token merging at a fixed schedule."
-    onnx.save(proto, str(path))
+    return {f"pyra.{key}": json.dumps(value) for key, value in props.items()}
 
 
 def onnx_metadata(path: str | Path) -> dict:
