@@ -4,9 +4,9 @@
     python benchmarks/batch1_latency.py --quick --out /tmp/b1   # 20 rounds, files under /tmp/b1
 
 One process, one thread for torch and for onnxruntime. Models: the random-init DINOv2 ViT-S/14
-architecture at 112 px (65 tokens) with a 10-class head, PYRA's gates set to small random values
-so it does its full work; schedules low = [5] * 11 + [4] and high = [13, 11, 10, 8, 6, 5, 3, 3,
-1, 1, 1, 1]. Each round times one batch-1 forward of every model in a fixed order (torch first,
+architecture at 112 px (65 tokens) with a 10-class head, built by `pyra.run.speed_bench.bench_models`
+(PYRA's gates get small random values so it does its full work); schedules low = [5] * 11 + [4]
+and high = [13, 11, 10, 8, 6, 5, 3, 3, 1, 1, 1, 1]. Each round times one batch-1 forward of every model in a fixed order (torch first,
 then onnxruntime), after warm-up rounds; reported: median latency [p25-p75] in ms and the speed-up
 of the median over timm's (torch) or over the unmerged export's (onnxruntime). Writes
 OUT/perf/batch1_latency.json and the table into OUT/PERFORMANCE.md between the batch1_latency
@@ -20,13 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pyra.backbones.factory import create_backbone
-from pyra.method.patch import patch
 from pyra.report.tables import machine_info, markdown_table, write_section
 from pyra.run.onnx_export import export_model
+from pyra.run.speed import Spread
+from pyra.run.speed_bench import bench_models
 
 REPO = Path(__file__).resolve().parents[1]
 IMG_SIZE = 112
@@ -35,20 +35,11 @@ ARCH = "random:vit_small_patch14_dinov2"
 
 
 def build_models() -> dict[str, torch.nn.Module]:
-    """name -> model: timm, then ToMe and PYRA at each schedule (independent copies, same weights)."""
-    models = {"timm": create_backbone(ARCH, 10, IMG_SIZE).eval()}
-    state = models["timm"].state_dict()
-    for level, schedule in SCHEDULES.items():
-        for method in ("tome", "pyra"):
-            model = create_backbone(ARCH, 10, IMG_SIZE)
-            model.load_state_dict(state)
-            patch(model, method=method, schedule=schedule)
-            if method == "pyra":
-                with torch.no_grad():
-                    for name, parameter in model.named_parameters():
-                        if ".pyra." in name:
-                            parameter.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))
-            models[f"{method} {level}"] = model.eval()
+    """name -> model: timm, then ToMe and PYRA at each schedule (copies of the same weights)."""
+    built = bench_models(create_backbone(ARCH, 10, IMG_SIZE).eval(), list(SCHEDULES.values()))
+    models = {"timm": built["uncompressed"]}
+    for index, level in enumerate(SCHEDULES):
+        models |= {f"{method} {level}": built[f"{method}@{index}"] for method in ("tome", "pyra")}
     return models
 
 
@@ -86,11 +77,10 @@ def measure(rounds: int, warmup: int, folder: Path) -> dict:
     rows = []
     for key, seconds in times.items():
         runtime, name = key.split(" ", 1)
-        ms = 1000 * np.array(seconds)
-        base = 1000 * np.median(times[f"{runtime} timm"])
-        rows.append({"runtime": runtime, "model": name, "median_ms": round(float(np.median(ms)), 3),
-                     "p25_ms": round(float(np.percentile(ms, 25)), 3), "p75_ms": round(float(np.percentile(ms, 75)), 3),
-                     "speedup": round(float(base / np.median(ms)), 3)})
+        spread, base = Spread.of([1000 * s for s in seconds]), Spread.of(times[f"{runtime} timm"]).median * 1000
+        rows.append({"runtime": runtime, "model": name, "median_ms": round(spread.median, 3),
+                     "p25_ms": round(spread.p25, 3), "p75_ms": round(spread.p75, 3),
+                     "speedup": round(base / spread.median, 3)})
     return {"rows": rows, "rounds": rounds, "warmup": warmup, "threads": 1, "img_size": IMG_SIZE,
             "arch": ARCH, "schedules": SCHEDULES}
 
