@@ -13,7 +13,8 @@ disk of all sessions         5000 MB   PYRA_TOTAL_DISK_MB            before a zi
 trainings per request        15        PYRA_MAX_TRAININGS            seeds x methods (x levels, per-level)
 image size                   448 px    PYRA_MAX_IMG_SIZE             before training
 batch size                   64        PYRA_MAX_BATCH                before training
-training memory (estimate)   1024 MB   PYRA_MAX_TRAIN_MEMORY_MB      before training (pyra.run.plan)
+training memory (estimate)   600 MB    PYRA_MAX_TRAIN_MEMORY_MB      before training (pyra.run.plan): a
+                                                                     batch over it trains in micro-batches
 wall time per job            15 min    PYRA_JOB_MINUTES              while training: the job stops there
 idle time of a session       60 min    PYRA_SESSION_IDLE_MINUTES     its folder is removed after it
 uploaded weights file        400 MB    PYRA_MAX_WEIGHTS_MB           before the file is read
@@ -49,7 +50,7 @@ class Budget:
     max_trainings: int = 15
     max_img_size: int = 448
     max_batch: int = 64
-    max_train_memory_bytes: int = 1024 * MB
+    max_train_memory_bytes: int = 600 * MB
     job_seconds: float = 15 * 60.0
     idle_seconds: float = 60 * 60.0
     max_weights_bytes: int = 400 * MB
@@ -105,11 +106,11 @@ class Budget:
                               f"{self.max_trainings} per request: use fewer seeds or compression levels, or the "
                               "elastic protocol (one model per method for every level) (or raise PYRA_MAX_TRAININGS)")
         if plan.training_memory_bytes > self.max_train_memory_bytes:
+            smaller = "the image size" if plan.forward_batch == 1 else "the batch size or the image size"
             raise BudgetError(
-                f"batch {plan.batch_size} at {plan.img_size} px ({plan.tokens} tokens per image) needs about "
-                f"{size_text(plan.training_memory_bytes)} to train, more than the limit of "
-                f"{size_text(self.max_train_memory_bytes)}: lower the batch size or the image size "
-                "(or raise PYRA_MAX_TRAIN_MEMORY_MB)")
+                f"{plan.forward_batch} image(s) per training pass at {plan.img_size} px ({plan.tokens} tokens per "
+                f"image) need about {size_text(plan.training_memory_bytes)}, more than the limit of "
+                f"{size_text(self.max_train_memory_bytes)}: lower {smaller} (or raise PYRA_MAX_TRAIN_MEMORY_MB)")
 
     def check_weights(self, path: Path) -> None:
         size = path.stat().st_size

@@ -47,9 +47,9 @@ class JobEnd:
 
 def start_job(session: Session, config: Any, out_dir: Path, budget: Budget) -> Job:
     """Start the comparison in a worker thread. It stops (as if Stop were pressed) when the session ends,
-    after `budget.job_seconds`, or when the session's files outgrow its disk budget ("limit" comes first)."""
+    after `budget.job_seconds` (a timer: also inside a long head start or validation, which report no
+    steps), or when the session's files outgrow its disk budget ("limit" comes first)."""
     data, cancel, events = session.data, session.cancel, queue.Queue()
-    deadline = time.monotonic() + budget.job_seconds
     checked = [0.0]
 
     def stop_for(message: str) -> None:
@@ -61,9 +61,6 @@ def start_job(session: Session, config: Any, out_dir: Path, budget: Budget) -> J
         now = time.monotonic()
         if not session.alive:  # the session ended (tab closed, directory removed): stop the job
             cancel.set()
-        elif now > deadline:
-            stop_for(f"the job reached its time limit of {budget.job_seconds / 60:g} min, so training stopped "
-                     "(shared server: use fewer epochs, seeds or images, or raise PYRA_JOB_MINUTES)")
         elif now - checked[0] > JOB_CHECK_EVERY_S:
             checked[0] = now
             touch(session)
@@ -74,15 +71,23 @@ def start_job(session: Session, config: Any, out_dir: Path, budget: Budget) -> J
                          "(or raise PYRA_SESSION_DISK_MB)")
         events.put(("progress", progress))
 
+    deadline = threading.Timer(budget.job_seconds, stop_for, [
+        f"the job reached its time limit of {budget.job_seconds / 60:g} min, so training stopped "
+        "(shared server: use fewer epochs, seeds or images, or raise PYRA_JOB_MINUTES)"])
+    deadline.daemon = True
+
     def work() -> None:
         try:
             events.put(("result", run_compare(data, config, out_dir, on_progress=on_progress, cancel=cancel)))
         except Exception as error:  # handed to the follower, which shows it
             events.put(("error", error))
+        finally:
+            deadline.cancel()
 
     session.cancel.clear()
     thread = session.job = threading.Thread(target=work, name=f"compare-{out_dir.name}", daemon=True)
     job = Job(thread, events, time.monotonic())
+    deadline.start()
     thread.start()
     return job
 

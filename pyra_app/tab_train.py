@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from pyra.run.plan import plan_compare
+from pyra.run.plan import plan_compare, within_memory
 from pyra_app import example, inputs, settings, tab_data, views
 from pyra_app.budget import Budget
 from pyra_app.context import require_data, require_idle, session_for
@@ -133,13 +133,14 @@ def train(request: gr.Request, session: Optional[Session], *values: Any) -> Iter
         chosen = settings.train_settings(dict(zip(TRAIN_FIELDS, values)), budget)
         if chosen.weights:
             budget.check_weights(Path(chosen.weights))
-        config = settings.compare_config(chosen)
+        config = within_memory(data, settings.compare_config(chosen), budget.max_train_memory_bytes)
         budget.check_plan(plan_compare(data, config))
         budget.check_disk(session.workdir, work_root())
     except Exception as error:
         raise gr.Error(error_message(error, "preparing the comparison"), print_exception=False) from None
 
-    yield session, STARTING, None
+    note = views.micro_batch_note(config.train)
+    yield session, STARTING + note, None
     end = yield from follow_job(session, start_job(session, config, session.new_run_dir(), budget))
     chart = views.loss_figure(end.losses) if end.losses else None
     if end.error is not None:  # in the status line and as a pop-up
@@ -151,7 +152,7 @@ def train(request: gr.Request, session: Optional[Session], *values: Any) -> Iter
         session.result = result
     elif result.status != "cancelled":
         gr.Warning(public_text(f"Training {result.status}: {result.message}"))
-    yield session, f"**Stopped**: {end.limit}." if end.limit else views.result_status(result, end.seconds), chart
+    yield session, f"**Stopped**: {end.limit}." if end.limit else views.result_status(result, end.seconds) + note, chart
 
 
 @friendly_errors

@@ -154,6 +154,14 @@ def result_status(result: Any, elapsed_s: float) -> str:
     return f"**Training {result.status}**: {result.message}".strip()
 
 
+def micro_batch_note(train: Any) -> str:
+    """A sentence when a batch trains in smaller passes to fit the memory limit ("" otherwise)."""
+    if train.forward_batch == train.batch_size:
+        return ""
+    return (f" Each batch of {train.batch_size} images trains as passes of {train.forward_batch}, to stay within "
+            "the server's training memory limit: the same gradients, more time.")
+
+
 # ---------------------------------------------------------------- compare tab
 
 def _percent(value: Optional[float]) -> str:

@@ -196,5 +196,6 @@ def test_space_abuse_quick_holds_its_bounds(tmp_path: Path) -> None:
     run_script("space_abuse.py", "--quick", "--out", str(tmp_path), timeout_s=600)  # exits 1 if a bound breaks
     report = json.loads((tmp_path / "perf" / "space_abuse.json").read_text())
     assert report["failures"] == [] and report["preview"]["outcome"] == "complete"
-    assert report["heavy_training"]["status"].startswith("**Stopped**: the job reached its time limit")
+    assert [h["forward_batch"] < h["batch"] for h in report["heavy_trainings"]] == [True, True]  # micro-batched
+    assert all(h["status"].startswith("**Stopped**: the job reached its time limit") for h in report["heavy_trainings"])
     assert (tmp_path / "space_abuse.md").is_file()

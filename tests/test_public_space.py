@@ -12,6 +12,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,7 +27,7 @@ from pyra.backbones.factory import backbone_structure
 from pyra.data.datasets import DatasetSplit, ImageRecord
 from pyra.run.compare import run_compare
 from pyra.run.comparison import CompareConfig
-from pyra.run.plan import plan_compare, training_memory_bytes
+from pyra.run.plan import plan_compare, training_memory_bytes, within_memory
 from pyra.run.train import TrainConfig
 from pyra_app import jobs, tab_data, tab_train
 from pyra_app.budget import Budget, BudgetError, folder_bytes
@@ -132,7 +133,6 @@ def test_previews_are_thumbnails_and_big_images_do_not_cost_gigabytes(app):
     ("img_size", 1e300, "PYRA_MAX_IMG_SIZE"),
     ("img_size", 9, "too small"),
     ("batch_size", 10**6, "PYRA_MAX_BATCH"),
-    ("batch_size", 32, "PYRA_MAX_TRAIN_MEMORY_MB"),  # with 128 px: about 1 GB of activations
     ("epochs", "abc", "epochs: 'abc' is not a number"),
     ("epochs", 10**9, "epochs: 1000000000 is more than the limit of 50"),
     ("lr", float("nan"), "learning rate: must be a finite number"),
@@ -149,8 +149,6 @@ def test_what_a_training_request_asks_for_is_checked_before_work_starts(app, fie
              "seeds", "num_levels", "bench_repeats", "protocol"]
     request = list(TRAIN)
     request[names.index(field)] = value
-    if field == "batch_size" and value == 32:
-        request[names.index("img_size")] = 128
     started = time.monotonic()
     kind, message = client.call("train", *request)
     assert kind == "error" and expected in message, message
@@ -269,6 +267,19 @@ def test_a_job_stops_at_its_time_limit_and_says_so(work_root, monkeypatch):
     assert time.monotonic() - started < 60 and not session.busy and session.result is None
 
 
+def test_a_cancel_while_the_sweep_measures_accuracy_stops_the_comparison(tmp_path):
+    cancel = threading.Event()
+
+    def cancel_at_the_sweep(progress) -> None:
+        if progress.stage == "accuracy":
+            cancel.set()
+
+    config = CompareConfig(**TINY, train=TrainConfig(epochs=1, batch_size=4), levels=(0.0, 1.0))
+    result = run_compare(tiny_split(), config, tmp_path / "compare", on_progress=cancel_at_the_sweep, cancel=cancel)
+    assert result.status == "cancelled" and "while measuring accuracy" in result.message
+    assert result.rows == [] and len(result.run_dirs) == 3  # every model trained, nothing reported
+
+
 def test_the_plan_counts_what_run_compare_trains():
     data = tiny_split()
     elastic = CompareConfig(**TINY, seeds=(0, 1), levels=(0.0, 0.5, 1.0))
@@ -286,6 +297,26 @@ def test_the_memory_estimate_grows_with_batch_and_tokens():
     assert activations == 8 * 65 * 12 * 384 * 88
     more_tokens = 8 * (257 - 65) * 12 * 384 * 88 + 4 * (257 - 65) * 384  # activations + the larger pos_embed
     assert training_memory_bytes(big, 8) - training_memory_bytes(small, 8) == more_tokens
+
+
+def test_a_batch_over_the_memory_limit_trains_in_the_fewest_even_micro_batches():
+    data, limit = tiny_split(), 600 * MB
+    config = CompareConfig(backbone="default", img_size=112, train=TrainConfig(batch_size=16))
+    # per image 65 tokens x 12 layers x 384 channels x 88 bytes = 25.1 MiB; weights (82 MiB) + fixed 192 MiB:
+    # 16 images need 676 MiB, 8 images 475 MiB (12 would fit, but 12 + 4 is uneven): two passes of 8
+    assert plan_compare(data, config).training_memory_bytes > limit
+    fitted = within_memory(data, config, limit)
+    assert fitted.train.micro_batch == 8 and fitted.train.batch_size == 16
+    assert fitted == CompareConfig(backbone="default", img_size=112, train=TrainConfig(batch_size=16, micro_batch=8))
+    plan = plan_compare(data, fitted)
+    assert plan.forward_batch == 8 and plan.training_memory_bytes <= limit and plan.batch_size == 16
+    Budget(max_train_memory_bytes=limit).check_plan(plan)  # allowed
+    assert within_memory(data, config, 2 * limit) == config  # fits already: unchanged
+    big = within_memory(data, replace(config, img_size=448), limit)  # 1025 tokens: one image needs 672 MiB
+    assert big.train.micro_batch == 1
+    with pytest.raises(BudgetError, match=r"1 image\(s\) per training pass at 448 px \(1025 tokens per image\) "
+                                          r"need about .*: lower the image size \(or raise PYRA_MAX_TRAIN_MEMORY_MB"):
+        Budget(max_train_memory_bytes=limit).check_plan(plan_compare(data, big))
 
 
 def test_a_bad_limit_in_the_environment_names_the_variable(monkeypatch):

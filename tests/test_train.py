@@ -198,3 +198,74 @@ def test_a_huge_learning_rate_diverges_cleanly(model):
     assert result.status == "diverged" and "Lower lr" in result.message
     assert all(torch.isfinite(t).all() for t in trainable_copy(model).values())
     assert torch.isfinite(model(torch.randn(1, 3, 32, 32))).all()
+
+
+@pytest.mark.parametrize("method, mode", [("pyra", "sandwich"), ("pyra", "sandwich-labels"), ("none", "off")])
+def test_micro_batches_train_as_the_whole_batch(method, mode):
+    """Batches of 9 in passes of at most 4 (4 + 4 + 1): every loss and weight as with whole batches
+    (cross-entropy is a mean, so each pass is weighted by its share of the batch), and no forward pass
+    of the run (head start, steps, validation) sees more than 4 images. The weights agree to float
+    rounding, not bit for bit: another batch shape rounds the matmuls differently, and on these
+    near-uniform images that can move a near-tie in the merge's matching."""
+    records = coloured_squares()  # 18 images: two batches of 9 per epoch
+    trained, losses, widest = [], [], []
+    for micro_batch in (None, 4):
+        model = build_model(tiny_run_config(method=method, schedule=(1, 1, 1) + (0,) * 9 if method != "none"
+                                            else (0,) * 12))
+        sizes: list[int] = []
+        model.patch_embed.register_forward_pre_hook(lambda module, args, seen=sizes: seen.append(args[0].shape[0]))
+        config = TrainConfig(epochs=2, batch_size=9, micro_batch=micro_batch, elastic=mode, seed=3)
+        result = train(model, dataset_for(model, records), config, val_set=dataset_for(model, records))
+        assert result.status == "completed" and result.steps == 4
+        trained.append(trainable_copy(model))
+        losses.append([record["loss"] for record in result.history])
+        widest.append(max(sizes))
+    assert widest == [9, 4]
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+    assert trained[0].keys() == trained[1].keys()
+    for name, whole in trained[0].items():
+        torch.testing.assert_close(trained[1][name], whole, atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_a_micro_batch_must_be_a_whole_number():
+    assert TrainConfig(batch_size=16, micro_batch=40).forward_batch == 16
+    assert TrainConfig(batch_size=16, micro_batch=5).forward_batch == 5
+    with pytest.raises(ValueError, match="micro_batch must be a whole number >= 1"):
+        TrainConfig(micro_batch=0)
+
+
+class _CancelsAfter(torch.utils.data.Dataset):
+    """`dataset`, setting `cancel` once more than `after` items have been read (as a timer going off would)."""
+
+    def __init__(self, dataset: ImageDataset, cancel: threading.Event, after: int) -> None:
+        self.dataset, self.cancel, self.after, self.read = dataset, cancel, after, 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        self.read += 1
+        if self.read > self.after:
+            self.cancel.set()
+        return self.dataset[index]
+
+
+def test_a_cancel_during_the_head_start_stops_before_any_step(model):
+    cancel = threading.Event()
+    train_set = _CancelsAfter(dataset_for(model, coloured_squares()), cancel, after=3)  # inside the first batch
+    before = trainable_copy(model)
+    result = train(model, train_set, TrainConfig(epochs=2, batch_size=2), cancel=cancel)
+    assert result.status == "cancelled" and result.steps == 0 and result.head_start is None
+    assert "after 0 of 18 steps" in result.message
+    assert all(torch.equal(before[name], value) for name, value in trainable_copy(model).items())
+    assert train_set.read <= 4 + 2  # stopped before the batch after the one that set it
+
+
+def test_a_cancel_during_validation_ends_the_run_as_cancelled(model):
+    cancel = threading.Event()
+    records = coloured_squares()
+    val_set = _CancelsAfter(dataset_for(model, records), cancel, after=1)
+    result = train(model, dataset_for(model, records), TrainConfig(epochs=3, batch_size=9, head_start=False),
+                   val_set=val_set, cancel=cancel)
+    assert result.status == "cancelled" and result.steps == 2  # the first epoch's steps, then its validation
+    assert result.epochs[0]["val_accuracy"] is None

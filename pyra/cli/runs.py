@@ -83,6 +83,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                              "; ".join(f"{r.name}: {r.description}" for r in RECIPES.values()))
     parser.add_argument("--epochs", type=int, help="(default: the recipe's)")
     parser.add_argument("--batch-size", type=int, help="(default: the recipe's)")
+    parser.add_argument("--micro-batch", type=int,
+                        help="images per forward + backward pass, for less memory: the same gradients, more time "
+                             "(default: the whole batch)")
     parser.add_argument("--lr", type=float, help="LoRA + head learning rate (default: the recipe's)")
     parser.add_argument("--pyra-lr", type=float, help="PYRA learning rate (default: the recipe's)")
     parser.add_argument("--lora-rank", type=int, default=DEFAULT_RECIPE.lora_rank)
@@ -102,8 +105,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _train_config(args: argparse.Namespace, seed: int) -> TrainConfig:
     """The recipe's TrainConfig with every flag the user gave put over it."""
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "pyra_lr": args.pyra_lr,
-             "elastic": args.elastic, "head_start": args.head_start}
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "micro_batch": args.micro_batch, "lr": args.lr,
+             "pyra_lr": args.pyra_lr, "elastic": args.elastic, "head_start": args.head_start}
     return replace(recipe(args.recipe).train, seed=seed, **{k: v for k, v in given.items() if v is not None})
 
 

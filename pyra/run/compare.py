@@ -38,6 +38,7 @@ from pyra.run.comparison import (
 )
 from pyra.run.metrics import evaluate
 from pyra.run.one_run import make_run_config, model_dataset, train_run
+from pyra.run.predict import Cancelled
 from pyra.run.run_config import RunConfig
 from pyra.run.speed import measure_speed
 from pyra.run.train import Progress
@@ -96,15 +97,25 @@ def run_compare(
         histories[key] = result.history + result.epochs  # steps, then per-epoch validation
         if result.status != "completed":  # the message says which training stopped
             message = f"{METHOD_LABELS[name]}, seed {seed}: {result.message}"
-            partial = CompareResult(out_dir, data.classes, [], [], {}, histories, run_dirs, result.status, message,
-                                    protocol=config.protocol, training=config.training_label())
-            partial.save()
-            return partial
+            return _stopped(data, config, out_dir, histories, run_dirs, result.status, message)
     report(CompareProgress("accuracy", 0.9, "measuring accuracy and speed at every level"))
-    result = _sweep(data, config, out_dir, levels, geo, run_dirs, histories, report)
+    try:
+        result = _sweep(data, config, out_dir, levels, geo, run_dirs, histories, report, cancel)
+    except Cancelled:
+        return _stopped(data, config, out_dir, histories, run_dirs, "cancelled",
+                        "cancelled by the user while measuring accuracy at every level")
     result.save()
     report(CompareProgress("done", 1.0, "comparison complete"))
     return result
+
+
+def _stopped(data: DatasetSplit, config: CompareConfig, out_dir: Path, histories: dict[str, list[dict]],
+             run_dirs: dict[str, Path], status: str, message: str) -> CompareResult:
+    """The saved result of a comparison that stopped before its sweep finished: no levels, no rows."""
+    partial = CompareResult(out_dir, data.classes, [], [], {}, histories, run_dirs, status, message,
+                            protocol=config.protocol, training=config.training_label())
+    partial.save()
+    return partial
 
 
 def _run_config(data: DatasetSplit, config: CompareConfig, name: str, seed: int, schedule: ScheduleSpec,
@@ -143,10 +154,10 @@ def _train_one(data: DatasetSplit, config: CompareConfig, name: str, seed: int, 
 
 
 def _sweep(data: DatasetSplit, config: CompareConfig, out_dir: Path, levels: list[Level], geo: VitGeometry,
-           run_dirs: dict[str, Path], histories: dict[str, list[dict]],
-           report: Callable[[CompareProgress], None]) -> CompareResult:
+           run_dirs: dict[str, Path], histories: dict[str, list[dict]], report: Callable[[CompareProgress], None],
+           cancel: Optional[threading.Event]) -> CompareResult:
     key_of = functools.partial(model_key, target_index=levels[-1].index, protocol=config.protocol)
-    correct, reports, features = _accuracies(data, config, levels, run_dirs, key_of, report)
+    correct, reports, features = _accuracies(data, config, levels, run_dirs, key_of, report, cancel)
     stored = io.BytesIO()
     np.savez_compressed(stored, **features)
     write_atomic(out_dir / FEATURES_FILE, stored.getvalue())
@@ -193,7 +204,7 @@ def _speed_fields(stats: dict) -> dict:
 
 
 def _accuracies(data: DatasetSplit, config: CompareConfig, levels: list[Level], run_dirs: dict[str, Path],
-                key_of: Callable, report: Callable[[CompareProgress], None]):
+                key_of: Callable, report: Callable[[CompareProgress], None], cancel: Optional[threading.Event]):
     """correct[level][method] = one boolean array per seed; reports and features at the target level, first seed.
 
     Each model is loaded once, evaluated at every level it serves, and dropped (per-level
@@ -218,7 +229,7 @@ def _accuracies(data: DatasetSplit, config: CompareConfig, levels: list[Level], 
             if (merge_method, schedule) not in cache:  # features come from the same forward: keep the first seed's
                 cache[(merge_method, schedule)] = evaluate(  # at the training batch: within the memory estimate
                     model, val_set, data.classes, schedule=list(schedule), method=merge_method,
-                    with_features=seed == first_seed, batch_size=config.train.batch_size)
+                    with_features=seed == first_seed, batch_size=config.train.forward_batch, cancel=cancel)
             evaluation, predictions = cache[(merge_method, schedule)]
             at_target = level is target and seed == first_seed
             correct[level.index].setdefault(name, {})[seed] = predictions.correct

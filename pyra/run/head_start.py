@@ -9,9 +9,11 @@ the linear-probe optimum instead of a random head.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -42,8 +44,8 @@ class HeadStart:
         return asdict(self)
 
 
-def probe_features(model: nn.Module, dataset: Dataset, schedule: Sequence[int],
-                   batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def probe_features(model: nn.Module, dataset: Dataset, schedule: Sequence[int], batch_size: int = 64,
+                   cancel: Optional[threading.Event] = None) -> tuple[np.ndarray, np.ndarray]:
     """Pre-logit features [n, D] and labels [n] of `dataset` with `model` merging at `schedule`.
 
     The model is left at the schedule it had before the call.
@@ -51,7 +53,7 @@ def probe_features(model: nn.Module, dataset: Dataset, schedule: Sequence[int],
     trained = list(model.merge_config.schedule)
     set_schedule(model, list(schedule))
     try:
-        predictions = predict(model, dataset, batch_size=batch_size, with_features=True)
+        predictions = predict(model, dataset, batch_size=batch_size, with_features=True, cancel=cancel)
     finally:
         set_schedule(model, trained)
     return predictions.features, predictions.labels
@@ -87,12 +89,12 @@ def _plain_head(model: nn.Module) -> nn.Linear:
 
 
 def fit_head(model: nn.Module, train_set: Dataset, schedules: Sequence[Sequence[int]],
-             inverse_l2: float, batch_size: int = 64) -> HeadStart:
+             inverse_l2: float, batch_size: int = 64, cancel: Optional[threading.Event] = None) -> HeadStart:
     """Fit `model.head` on the pooled features of `train_set` at every schedule in `schedules`, with
-    L2 strength 1 / `inverse_l2` (TrainConfig.head_start_c)."""
+    L2 strength 1 / `inverse_l2` (TrainConfig.head_start_c); `cancel` set: `Cancelled` before the next batch."""
     head = _plain_head(model)
     start = time.perf_counter()
-    parts = [probe_features(model, train_set, schedule, batch_size) for schedule in schedules]
+    parts = [probe_features(model, train_set, schedule, batch_size, cancel) for schedule in schedules]
     features = np.concatenate([f for f, _ in parts])
     labels = np.concatenate([y for _, y in parts])
     weight, bias = fit_probe(features, labels, head.out_features, inverse_l2)

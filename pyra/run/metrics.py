@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -120,6 +121,7 @@ def evaluate(
     batch_size: int = 64,
     with_features: bool = False,
     device: Optional[Device] = None,
+    cancel: Optional[threading.Event] = None,
 ) -> tuple[ClassificationReport, "Predictions"]:
     """Predict `dataset` and report metrics, optionally at another merge schedule / method.
 
@@ -136,10 +138,12 @@ def evaluate(
         batch_size: images per forward.
         with_features: also keep the pooled features (for t-SNE).
         device: where to run; None lets `predict` choose.
+        cancel: when set, `pyra.run.predict.Cancelled` is raised before the next batch.
     """
     from pyra.run.predict import predict
 
     with merge_setting(model, schedule, method):
-        predictions = predict(model, dataset, batch_size=batch_size, device=device, with_features=with_features)
+        predictions = predict(model, dataset, batch_size=batch_size, device=device, with_features=with_features,
+                              cancel=cancel)
     return classification_report(predictions, classes), predictions
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -14,6 +15,7 @@ from pyra.method.schedule import Method, ScheduleSpec, resolve_schedule
 from pyra.run.checkpoint import load_metrics, load_run, save_run
 from pyra.run.devices import default_device
 from pyra.run.metrics import ClassificationReport, evaluate
+from pyra.run.predict import Cancelled
 from pyra.run.recipes import DEFAULT_RECIPE
 from pyra.run.run_config import RunConfig, build_model
 from pyra.run.train import Progress, TrainConfig, TrainResult, train
@@ -76,8 +78,13 @@ def train_run(
                      "elastic": result.elastic,
                      "head_start": result.head_start.to_dict() if result.head_start else None}
     if result.status == "completed":
-        report, _ = evaluate(model, model_dataset(model, data.val), data.classes)
-        metrics["validation"] = report.to_dict()
+        try:  # at the training's forward batch: within its memory estimate
+            report, _ = evaluate(model, model_dataset(model, data.val), data.classes,
+                                 batch_size=config.train.forward_batch, cancel=cancel)
+            metrics["validation"] = report.to_dict()
+        except Cancelled:
+            result = replace(result, status="cancelled", message="cancelled by the user while validating")
+            metrics |= {"status": result.status, "message": result.message}
     save_run(run_dir, model, config, metrics, make_parents=make_parents)
     return model, result, report
 

@@ -1,12 +1,15 @@
 """What a comparison will ask of the machine, known before anything is trained.
 
+    config = within_memory(data, config, limit_bytes)  # micro-batches if the whole batch would not fit
     plan = plan_compare(data, config)
     plan.trainings, plan.steps, plan.training_memory_bytes
 
 The memory estimate is for one training as a comparison runs it: building the model from its
 weights, the head start's features, the training passes (activations kept for the backward
-pass) and validation; every inference pass runs at the training batch, so the training pass is
-the largest. Measured by benchmarks/train_memory.py on the default DINOv2 ViT-S/14 at 2 threads
+pass) and validation; every inference pass runs at the training's forward batch (the whole batch,
+or its micro-batch), so the training pass is the largest. A micro-batched step computes the same
+gradient as the whole batch (pyra.run.train), so fitting memory costs time, not accuracy.
+Measured by benchmarks/train_memory.py on the default DINOv2 ViT-S/14 at 2 threads
 (docs/perf/train_memory.json): about 170 MB at batch 1 and 112 px, plus 75-85 bytes per
 (image x token x layer x channel) at 65-1025 tokens and batch 1-64; the estimate is 10-75%
 above every measured peak.
@@ -14,7 +17,7 @@ above every measured peak.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from timm.models import VisionTransformer
 
@@ -24,7 +27,8 @@ from pyra.method.elastic import LevelSampler
 from pyra.run.compare import planned_jobs
 from pyra.run.comparison import CompareConfig
 
-__all__ = ["ComparePlan", "plan_compare", "training_memory_bytes", "ACTIVATION_BYTES", "FIXED_BYTES"]
+__all__ = ["ComparePlan", "plan_compare", "within_memory", "training_memory_bytes", "largest_forward_batch",
+           "ACTIVATION_BYTES", "FIXED_BYTES"]
 
 
 ACTIVATION_BYTES = 88  # per image x token x layer x channel of one training pass (measured 75-85)
@@ -41,18 +45,44 @@ class ComparePlan:
     img_size: int
     tokens: int  # tokens per image entering the first block
     batch_size: int
+    forward_batch: int  # images per forward + backward pass (the batch, or its micro-batch)
     training_memory_bytes: int  # estimated peak added by one training (see the module docstring)
 
 
-def training_memory_bytes(structure: VisionTransformer, batch_size: int) -> int:
-    """Estimated memory one training adds: activations of one pass + weights + overhead.
+def training_memory_bytes(structure: VisionTransformer, forward_batch: int) -> int:
+    """Estimated memory one training adds: activations of one pass of `forward_batch` images + weights + overhead.
 
     `structure` is the backbone at its input size (e.g. `pyra.backbones.factory.backbone_structure`).
     """
+    return forward_batch * _activation_bytes_per_image(structure) + _weights_and_fixed_bytes(structure)
+
+
+def largest_forward_batch(structure: VisionTransformer, batch_size: int, limit_bytes: int) -> int:
+    """The most images per pass, at most `batch_size`, whose training estimate fits `limit_bytes` (0: not even one)."""
+    room = limit_bytes - _weights_and_fixed_bytes(structure)
+    return max(0, min(batch_size, room // _activation_bytes_per_image(structure)))
+
+
+def _activation_bytes_per_image(structure: VisionTransformer) -> int:
     tokens = structure.patch_embed.num_patches + structure.num_prefix_tokens
-    activations = batch_size * tokens * len(structure.blocks) * structure.embed_dim * ACTIVATION_BYTES
-    weights = 4 * sum(p.numel() for p in structure.parameters())
-    return activations + weights + FIXED_BYTES
+    return tokens * len(structure.blocks) * structure.embed_dim * ACTIVATION_BYTES
+
+
+def _weights_and_fixed_bytes(structure: VisionTransformer) -> int:
+    return 4 * sum(p.numel() for p in structure.parameters()) + FIXED_BYTES
+
+
+def within_memory(data: DatasetSplit, config: CompareConfig, limit_bytes: int) -> CompareConfig:
+    """`config` training in the fewest micro-batches that fit `limit_bytes`, of even sizes (unchanged if its batch
+    fits; one image per pass if none fits, so that `plan_compare` shows the smallest estimate to refuse)."""
+    _, img_size = planned_jobs(data, config)
+    structure = backbone_structure(config.backbone, len(data.classes), img_size)
+    batch = config.train.forward_batch
+    fits = max(1, largest_forward_batch(structure, batch, limit_bytes))
+    if fits == batch:
+        return config
+    passes = math.ceil(batch / fits)  # as few passes as fit, of even sizes (16 as 8 + 8, not 13 + 3)
+    return replace(config, train=replace(config.train, micro_batch=math.ceil(batch / passes)))
 
 
 def plan_compare(data: DatasetSplit, config: CompareConfig) -> ComparePlan:
@@ -66,5 +96,6 @@ def plan_compare(data: DatasetSplit, config: CompareConfig) -> ComparePlan:
     return ComparePlan(
         trainings=len(jobs), steps=steps_per_training * len(jobs), passes=passes, img_size=img_size,
         tokens=structure.patch_embed.num_patches + structure.num_prefix_tokens, batch_size=config.train.batch_size,
-        training_memory_bytes=training_memory_bytes(structure, config.train.batch_size),
+        forward_batch=config.train.forward_batch,
+        training_memory_bytes=training_memory_bytes(structure, config.train.forward_batch),
     )

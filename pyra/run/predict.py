@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,7 +16,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from pyra.run.devices import model_device
 
-__all__ = ["Predictions", "predict"]
+__all__ = ["Predictions", "predict", "Cancelled"]
+
+
+class Cancelled(Exception):
+    """The caller's cancel event was set while a dataset was being predicted (checked between batches)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ def predict(
     batch_size: int = 64,
     device: Optional[torch.device | str] = None,
     with_features: bool = False,
+    cancel: Optional[threading.Event] = None,
 ) -> Predictions:
     """Evaluate `model` on `dataset` (items are (image [3, H, W], label)) without gradients.
 
@@ -56,6 +62,7 @@ def predict(
         device: where to run; None uses the model's parameters' device (the model is moved otherwise).
         with_features: also return the pre-logits features
             (`model.forward_head(model.forward_features(x), pre_logits=True)`).
+        cancel: when set (from any thread), `Cancelled` is raised before the next batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -71,6 +78,8 @@ def predict(
             batches = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                                  generator=torch.Generator())
             for images, batch_labels in batches:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled while predicting")
                 batch_logits, batch_features = _forward(model, images.to(device), with_features)
                 labels.append(torch.as_tensor(batch_labels).to(torch.int64))
                 logits.append(batch_logits.float().cpu())

@@ -33,18 +33,17 @@ from pyra.method.elastic import (
     head_start_fractions,
     scaled_schedule,
 )
-from pyra.method.parameters import parameter_kind
 from pyra.method.patch import set_schedule
 from pyra.rng import RNG_LOCK
 from pyra.run.devices import model_device
 from pyra.run.head_start import HeadStart, fit_head
-from pyra.run.predict import predict
+from pyra.run.optimizer import build_optimizer, lr_at
+from pyra.run.predict import Cancelled, predict
 
 __all__ = ["MAX_SEED", "TrainConfig", "Progress", "TrainResult", "lr_at", "build_optimizer", "train"]
 
 
 TrainStatus = Literal["completed", "cancelled", "diverged"]
-GROUP_NAMES = ("lora_head_decay", "lora_head_no_decay", "pyra")
 MAX_SEED = 2**32 - 1  # the largest seed every random generator used here accepts
 
 
@@ -55,6 +54,7 @@ class TrainConfig:
 
     epochs: int = 3  # paper: 100 on VTAB-1k; 3 keeps a CPU demo to minutes
     batch_size: int = 16  # paper: 32; more steps per epoch on a few hundred images
+    micro_batch: Optional[int] = None  # images per forward + backward; a step's gradient is the same (None: the batch)
     lr: float = 3e-3  # LoRA + classifier head (paper: 1e-3)
     pyra_lr: float = 5e-4  # PYRA modulators, their own optimiser group (paper sweeps 1e-5..3e-3)
     weight_decay: float = 1e-4  # on LoRA/head weights with ndim >= 2 only; never on biases or PYRA
@@ -74,6 +74,8 @@ class TrainConfig:
             (_is_int(self.epochs) and self.epochs >= 1, f"epochs must be a whole number >= 1, got {self.epochs!r}"),
             (_is_int(self.batch_size) and self.batch_size >= 1,
              f"batch_size must be a whole number >= 1, got {self.batch_size!r}"),
+            (self.micro_batch is None or (_is_int(self.micro_batch) and self.micro_batch >= 1),
+             f"micro_batch must be a whole number >= 1, or None for the whole batch; got {self.micro_batch!r}"),
             (_positive(self.lr), f"lr must be a finite number > 0 (e.g. 1e-3), got {self.lr!r}"),
             (_positive(self.pyra_lr), f"pyra_lr must be a finite number > 0 (e.g. 1e-3), got {self.pyra_lr!r}"),
             (_in_range(self.weight_decay, 0.0, math.inf), f"weight_decay must be >= 0, got {self.weight_decay!r}"),
@@ -96,6 +98,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def forward_batch(self) -> int:
+        """Images in one forward pass, in training and in every inference pass around it (head start, validation)."""
+        return min(self.micro_batch or self.batch_size, self.batch_size)
 
 
 def _is_int(value: object) -> bool:
@@ -147,49 +154,6 @@ class TrainResult:
         return scores[-1] if scores else None
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_ratio: float) -> float:
-    """Learning rate at 0-based `step`: linear from 0 to `base_lr` over `warmup_steps`,
-    then a cosine from `base_lr` down to `base_lr * min_ratio` reached at `total_steps`."""
-    if step < warmup_steps:
-        return base_lr * step / warmup_steps
-    decay_steps = total_steps - warmup_steps
-    progress = min(1.0, (step - warmup_steps) / decay_steps) if decay_steps > 0 else 1.0
-    floor = base_lr * min_ratio
-    return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters, in named groups (`group["name"]`):
-
-    - "lora_head_decay": LoRA and head weights with ndim >= 2, lr `config.lr`, weight decay;
-    - "lora_head_no_decay": their 1-D parameters (biases), lr `config.lr`, no decay;
-    - "pyra": every PYRA parameter (w_r (r, 1), w_d (1, D), LayerNorm), lr `config.pyra_lr`, no decay:
-      w_r and w_d are gate vectors, not weight matrices, so they are not decayed either.
-    Any other trainable parameter (e.g. a deliberately unfrozen backbone norm) goes with LoRA + head.
-    Empty groups are left out; each group keeps its peak lr in `group["base_lr"]`.
-    """
-    params: dict[str, list[nn.Parameter]] = {name: [] for name in GROUP_NAMES}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if parameter_kind(name) == "pyra":
-            params["pyra"].append(param)
-        else:
-            params["lora_head_decay" if param.ndim >= 2 else "lora_head_no_decay"].append(param)
-    settings = {
-        "lora_head_decay": (config.lr, config.weight_decay),
-        "lora_head_no_decay": (config.lr, 0.0),
-        "pyra": (config.pyra_lr, 0.0),
-    }
-    groups = [
-        {"name": name, "params": params[name], "lr": lr, "base_lr": lr, "weight_decay": decay}
-        for name, (lr, decay) in settings.items() if params[name]
-    ]
-    if not groups:
-        raise ValueError("the model has no trainable parameters; call pyra.add_lora(model) (and pyra.patch) first")
-    return torch.optim.AdamW(groups, lr=config.lr, eps=1e-8)
-
-
 ProgressFn = Callable[[Progress], None]
 
 
@@ -224,13 +188,7 @@ def train(
         torch.manual_seed(config.seed)
     loop = _Loop(model, train_set, config, val_set, on_progress, cancel, device)
     try:
-        if config.head_start and not loop.cancelled():
-            schedules = {tuple(scaled_schedule(loop.target, f)) for f in head_start_fractions(loop.elastic)}
-            loop.head_start = fit_head(model, train_set, sorted(schedules), config.head_start_c,
-                                       batch_size=config.batch_size)  # never more memory than a step
-            loop.good = _snapshot(loop.trainable)
-        model.train()  # the frozen backbone still applies drop-path; LoRA applies dropout
-        return loop.run()
+        return loop.run(train_set)
     finally:
         set_schedule(model, loop.target)
         model.eval()
@@ -270,18 +228,30 @@ class _Loop:
         self.images = 0
         self.train_seconds = 0.0
 
-    def run(self) -> TrainResult:
+    def run(self, train_set: Dataset) -> TrainResult:
+        """The head start, then every epoch; a cancel is seen between steps and between inference batches."""
         start = time.perf_counter()
         status: TrainStatus = "completed"
         message = f"trained {self.total_steps} steps ({self.config.epochs} epochs)"
-        for epoch in range(1, self.config.epochs + 1):
-            outcome = self._epoch(epoch)
-            if outcome is not None:
-                status, message = outcome
-                break
-        seconds = time.perf_counter() - start + (self.head_start.seconds if self.head_start else 0.0)
-        return TrainResult(status, message, seconds, len(self.history), self.history, self.epochs,
-                           self.elastic, self.head_start)
+        try:
+            if self.config.head_start and not self.cancelled():
+                schedules = {tuple(scaled_schedule(self.target, f)) for f in head_start_fractions(self.elastic)}
+                self.head_start = fit_head(self.model, train_set, sorted(schedules), self.config.head_start_c,
+                                           batch_size=self.config.forward_batch, cancel=self.cancel)
+                self.good = _snapshot(self.trainable)
+            self.model.train()  # the frozen backbone still applies drop-path; LoRA applies dropout
+            for epoch in range(1, self.config.epochs + 1):
+                outcome = self._epoch(epoch)
+                if outcome is not None:
+                    status, message = outcome
+                    break
+        except Cancelled:  # during the head start or a validation: the weights of the last step stay
+            status, message = self._stopped()
+        return TrainResult(status, message, time.perf_counter() - start, len(self.history), self.history,
+                           self.epochs, self.elastic, self.head_start)
+
+    def _stopped(self) -> tuple[TrainStatus, str]:
+        return "cancelled", f"cancelled by the user after {len(self.history)} of {self.total_steps} steps"
 
     def cancelled(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
@@ -291,7 +261,7 @@ class _Loop:
         first = len(self.history)
         for images, labels in self.loader:
             if self.cancelled():
-                return "cancelled", f"cancelled by the user after {len(self.history)} of {self.total_steps} steps"
+                return self._stopped()
             problem = self._step(epoch, images, labels)
             if problem is not None:
                 return "diverged", problem
@@ -300,38 +270,46 @@ class _Loop:
                    "val_accuracy": None}
         self.epochs.append(summary)
         if self.cancelled():
-            return "cancelled", f"cancelled by the user after {len(self.history)} of {self.total_steps} steps"
+            return self._stopped()
         if self.val_set is not None and (self.config.eval_every_epoch or epoch == self.config.epochs):
             set_schedule(self.model, self.target)  # validated at the target level
-            summary["val_accuracy"] = predict(self.model, self.val_set, batch_size=self.config.batch_size).accuracy
+            summary["val_accuracy"] = predict(self.model, self.val_set, batch_size=self.config.forward_batch,
+                                              cancel=self.cancel).accuracy
             self.on_progress(self._progress(epoch, val_accuracy=summary["val_accuracy"]))
         return None
 
     def _step(self, epoch: int, images: Tensor, labels: Tensor) -> Optional[str]:
         """One optimiser step over the levels the sampler draws; a message instead if the loss or
-        gradients are not finite. Gradients of every pass add up before the one update."""
+        gradients are not finite. Gradients of every pass (and of every micro-batch of a pass) add up
+        before the one update, each weighted by its share of the batch."""
         tic = time.perf_counter()
         step = len(self.history)  # 0-based index of this step
         lrs = self._set_lr(step)
-        images, labels = images.to(self.device), labels.to(self.device)
+        chunks = list(zip(images.to(self.device).split(self.config.forward_batch),
+                          labels.to(self.device).split(self.config.forward_batch)))
         levels = self.levels.draw()
         self.optimizer.zero_grad(set_to_none=True)
-        teacher: Optional[Tensor] = None  # [B, C] probabilities of the step's first pass
+        teachers: list[Tensor] = []  # per micro-batch: [b, C] probabilities of the step's first pass
         losses = []
         for fraction in levels:
             if self.elastic != "off":
                 set_schedule(self.model, scaled_schedule(self.target, fraction))
-            with RNG_LOCK, torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
-                logits = self.model(images).float()  # dropout and drop-path draw here: not while a model is built
-            if teacher is None or not distils(self.elastic):
-                loss = F.cross_entropy(logits, labels, label_smoothing=self.config.label_smoothing)
-                teacher = logits.detach().softmax(dim=-1)
-            else:  # in-place distillation: cross-entropy against the first pass's soft predictions
-                loss = -(teacher * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
-            if not torch.isfinite(loss):
-                return self._diverged(step + 1, f"the loss is {loss.item()}")
-            loss.backward()
-            losses.append(loss.item())
+            distil = bool(teachers) and distils(self.elastic)
+            pass_loss = 0.0
+            for index, (x, y) in enumerate(chunks):
+                with RNG_LOCK, torch.autocast("cuda", torch.bfloat16, enabled=self.device.type == "cuda"):
+                    logits = self.model(x).float()  # dropout and drop-path draw here: not while a model is built
+                if distil:  # in-place distillation: cross-entropy against the first pass's soft predictions
+                    loss = -(teachers[index] * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+                else:
+                    loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
+                    if len(teachers) < len(chunks):
+                        teachers.append(logits.detach().softmax(dim=-1))
+                if not torch.isfinite(loss):
+                    return self._diverged(step + 1, f"the loss is {loss.item()}")
+                (loss * len(y) / len(labels)).backward()
+                pass_loss += loss.item() * len(y) / len(labels)
+            losses.append(pass_loss)
         loss_value = sum(losses) / len(losses)
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.trainable.values()), max_norm)
