@@ -37,7 +37,7 @@ from pyra.backbones.factory import backbone_structure
 from pyra.data.limits import DEFAULT_MAX_IMAGE_PIXELS
 from pyra.files import size_text
 from pyra.report.tables import machine_info, markdown_table, write_section
-from pyra.run.plan import largest_forward_batch, training_memory_bytes
+from pyra.run.plan import largest_forward_batch, micro_batch_for, training_memory_bytes
 from pyra_app.budget import Budget, folder_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,7 +121,7 @@ def measure(quick: bool) -> dict[str, Any]:
             thread.join()
             session_dirs = sorted(app.work_root.glob("session-*"))
             structure = backbone_structure("default", 10, img_size)
-            per_pass = largest_forward_batch(structure, batch, budget.max_train_memory_bytes)
+            per_pass = micro_batch_for(structure, batch, budget.max_train_memory_bytes)  # as the app splits it
             heavy |= {"batch": batch, "forward_batch": per_pass, "trainings": budget.max_trainings, "epochs": 50,
                       "img_size": img_size, "estimate_mb": round(training_memory_bytes(structure, per_pass) / 2**20),
                       "session_bytes_max": max(folder_bytes(p) for p in session_dirs) if session_dirs else 0}

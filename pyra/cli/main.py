@@ -12,6 +12,7 @@ from typing import Callable, Optional, Sequence
 
 from pyra.cli.bench import add_bench
 from pyra.cli.runs import COMMANDS
+from pyra.cli.sweep import add_sweep
 
 USER_ERRORS = (ValueError, TypeError, OSError)  # bad input: exit code 2
 Runner = Callable[[argparse.Namespace], int]
@@ -21,7 +22,7 @@ Runner = Callable[[argparse.Namespace], int]
 # entry point
 # ---------------------------------------------------------------------------------------
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (*COMMANDS, add_bench)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (*COMMANDS, add_sweep, add_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

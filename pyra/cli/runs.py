@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from PIL import Image
 
+from pyra.cli.executor_args import add_executor_arguments, executor_from
 from pyra.data.datasets import DatasetSplit, load_dataset
 from pyra.data.limits import DataError
 from pyra.data.samples import list_samples
@@ -40,7 +41,7 @@ def emit(result: dict[str, Any], text: str, as_json: bool) -> None:
     print(json.dumps(result, indent=2) if as_json else text)
 
 
-class _ProgressLine:
+class ProgressLine:
     """One updating progress line on stderr, only when stderr is a terminal."""
 
     def __init__(self, enabled: bool) -> None:
@@ -154,7 +155,7 @@ def run_train(args: argparse.Namespace) -> int:
             schedule=parse_schedule(args.schedule), lora_rank=args.lora_rank, **_regularisation(args),
             train_config=_train_config(args, args.seed), seed=args.seed,
         )
-        progress = _ProgressLine(not args.json)
+        progress = ProgressLine(not args.json)
         model, result, report = train_run(data, config, args.out, on_progress=progress)
         progress.close()
     geo = geometry(model)
@@ -275,6 +276,9 @@ def _add_compare(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--bench-repeats", type=int, default=5)
     parser.add_argument("--bench-batch", type=int, default=8)
     parser.add_argument("--out", required=True, type=Path, help="folder for the runs and compare.json/csv")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs in --out that completed with the same settings; train only the others")
+    add_executor_arguments(parser)
     parser.set_defaults(run=run_compare_command)
 
 
@@ -296,8 +300,9 @@ def run_compare_command(args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="pyra-data-") as workdir:
         data = _load_data(args.data, Path(workdir), args.val_fraction, args.split_seed)
-        progress = _ProgressLine(not args.json)
-        result = run_compare(data, config, args.out, on_progress=progress)
+        progress = ProgressLine(not args.json)
+        result = run_compare(data, config, args.out, on_progress=progress, executor=executor_from(args),
+                             resume=args.resume)
         progress.close()
     summary = {"out_dir": str(args.out), "status": result.status, "message": result.message,
                "protocol": result.protocol, "training": result.training,

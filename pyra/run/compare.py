@@ -25,7 +25,7 @@ from pyra.method.patch import geometry, set_schedule
 from pyra.method.schedule import ScheduleSpec, VitGeometry, forward_flops
 from pyra.report.methods import MERGE_METHODS, MERGING_METHODS, METHOD_LABELS, TRAINED_METHODS
 from pyra.report.stats import accuracy_interval, paired_difference, paired_seed_difference, seed_summary
-from pyra.run.checkpoint import load_run
+from pyra.run.checkpoint import ADAPTER_FILE, load_config, load_metrics, load_run
 from pyra.run.comparison import (
     FEATURES_FILE,
     PAIRS,
@@ -36,12 +36,13 @@ from pyra.run.comparison import (
     model_key,
     sweep_levels,
 )
+from pyra.run.executors import Executor, InProcess, TrainingJob
 from pyra.run.metrics import evaluate
-from pyra.run.one_run import make_run_config, model_dataset, train_run
+from pyra.run.one_run import make_run_config, model_dataset
 from pyra.run.predict import Cancelled
 from pyra.run.run_config import RunConfig
 from pyra.run.speed import measure_speed
-from pyra.run.train import Progress
+from pyra.run.train import Progress, TrainResult
 
 
 def _jobs(config: CompareConfig, levels: list[Level]) -> list[tuple[int, str, Level]]:
@@ -76,28 +77,39 @@ def run_compare(
     *,
     on_progress: Optional[Callable[[CompareProgress], None]] = None,
     cancel: Optional[threading.Event] = None,
+    executor: Optional[Executor] = None,
+    resume: bool = False,
 ) -> CompareResult:
-    """Train the models of every seed (see the protocols above), then sweep levels; results saved in out_dir."""
+    """Train the models of every seed (see the protocols above), then sweep levels; results saved in out_dir.
+
+    `executor` trains them (default `InProcess()`: one after another here; `pyra.run.executors.RayExecutor`
+    spreads them over Ray). `resume` keeps each run folder an earlier call completed with the same settings
+    instead of training it again.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)  # the only folder created with its parents: if out_dir is
     # removed while the job runs (the app's session ended), later writes fail instead of re-creating it
     report = on_progress or (lambda progress: None)
     levels, geo, _ = _levels(data, config)
-    run_dirs: dict[str, Path] = {}
-    histories: dict[str, list[dict]] = {}
-    jobs = _jobs(config, levels)
-    for job_index, (seed, name, level) in enumerate(jobs):
+    planned: dict[str, TrainingJob] = {}
+    for seed, name, level in _jobs(config, levels):
         key = model_key(name, seed, level, levels[-1].index, config.protocol)
         level_part = key.partition(":")[2]  # "" or "L<index>" (per-level protocol, below the target)
         seed_dir = out_dir / f"seed{seed}"
         seed_dir.mkdir(exist_ok=True)
         run_dir = seed_dir / (key.partition("@")[0] + (f"-{level_part}" if level_part else ""))
-        result = _train_one(data, config, name, seed, level, run_dir, job_index, len(jobs), report, cancel)
-        run_dirs[key] = run_dir
-        histories[key] = result.history + result.epochs  # steps, then per-epoch validation
-        if result.status != "completed":  # the message says which training stopped
-            message = f"{METHOD_LABELS[name]}, seed {seed}: {result.message}"
-            return _stopped(data, config, out_dir, histories, run_dirs, result.status, message)
+        planned[key] = _training_job(data, config, name, seed, level, run_dir)
+    results = {key: done for key, job in planned.items() if resume and (done := finished_run(job)) is not None}
+    todo = [key for key in planned if key not in results]
+    trained = _train(data, config, [planned[key] for key in todo], len(results), len(planned), report, cancel,
+                     executor or InProcess())
+    results |= dict(zip(todo, trained))
+    run_dirs = {key: job.run_dir for key, job in planned.items() if key in results}
+    histories = {key: results[key].history + results[key].epochs for key in run_dirs}  # steps, then validation
+    for key in run_dirs:
+        if results[key].status != "completed":  # the message says which training stopped
+            message = f"{planned[key].label}: {results[key].message}"
+            return _stopped(data, config, out_dir, histories, run_dirs, results[key].status, message)
     report(CompareProgress("accuracy", 0.9, "measuring accuracy and speed at every level"))
     try:
         result = _sweep(data, config, out_dir, levels, geo, run_dirs, histories, report, cancel)
@@ -107,6 +119,44 @@ def run_compare(
     result.save()
     report(CompareProgress("done", 1.0, "comparison complete"))
     return result
+
+
+def finished_run(job: TrainingJob) -> Optional[TrainResult]:
+    """The result an earlier call recorded in `job.run_dir`, if that training completed with the same settings."""
+    try:
+        saved, metrics = load_config(job.run_dir), load_metrics(job.run_dir)
+    except (OSError, ValueError):  # no run there, or an unreadable one: train it
+        return None
+    same = replace(saved, backbone_fingerprint="").to_dict() == replace(job.run_config, backbone_fingerprint="").to_dict()
+    if not same or metrics.get("status") != "completed" or not (job.run_dir / ADAPTER_FILE).is_file():
+        return None
+    return TrainResult("completed", str(metrics.get("message", "")), float(metrics.get("seconds", 0.0)),
+                       int(metrics.get("steps", 0)), list(metrics.get("history", [])), list(metrics.get("epochs", [])),
+                       metrics.get("elastic", "off"))
+
+
+def _train(data: DatasetSplit, config: CompareConfig, jobs: list[TrainingJob], done_before: int, total: int,
+           report: Callable[[CompareProgress], None], cancel: Optional[threading.Event],
+           executor: Executor) -> list[TrainResult]:
+    """Train `jobs` (the last of `total`, `done_before` kept from an earlier call), reporting 90% of the progress."""
+    share = 0.9 / total
+    finished = [done_before]
+
+    def on_progress(index: int, progress: Progress) -> None:
+        label = jobs[index].label
+        report(CompareProgress(
+            stage=f"train {label}", fraction=share * (done_before + index + progress.fraction),
+            message=f"{label}: step {progress.step}/{progress.total_steps}, loss {progress.loss:.3f}",
+            step=progress.step, total_steps=progress.total_steps, eta_s=progress.eta_s,
+            loss=progress.loss, val_accuracy=progress.val_accuracy,
+        ))
+
+    def on_done(index: int, result: TrainResult) -> None:
+        finished[0] += 1
+        report(CompareProgress(f"trained {finished[0]} of {total}", share * finished[0],
+                               f"{jobs[index].label}: {result.status}"))
+
+    return executor.train_all(data, jobs, config.device, on_progress=on_progress, on_done=on_done, cancel=cancel)
 
 
 def _stopped(data: DatasetSplit, config: CompareConfig, out_dir: Path, histories: dict[str, list[dict]],
@@ -131,26 +181,12 @@ def _run_config(data: DatasetSplit, config: CompareConfig, name: str, seed: int,
     )
 
 
-def _train_one(data: DatasetSplit, config: CompareConfig, name: str, seed: int, level: Level, run_dir: Path,
-               job: int, jobs: int, report: Callable[[CompareProgress], None],
-               cancel: Optional[threading.Event]):
+def _training_job(data: DatasetSplit, config: CompareConfig, name: str, seed: int, level: Level,
+                  run_dir: Path) -> TrainingJob:
     run_config = _run_config(data, config, name, seed, list(level.schedule), elastic=config.protocol == "elastic")
-    label, share = METHOD_LABELS[name], 0.9 / jobs
-    if config.protocol == "per-level" and name != "uncompressed":
-        label += f" at level {level.index + 1}"
-
-    def forward(progress: Progress) -> None:
-        report(CompareProgress(
-            stage=f"train {label} (seed {seed})",
-            fraction=share * (job + progress.fraction),
-            message=f"{label}, seed {seed}: step {progress.step}/{progress.total_steps}, loss {progress.loss:.3f}",
-            step=progress.step, total_steps=progress.total_steps, eta_s=progress.eta_s,
-            loss=progress.loss, val_accuracy=progress.val_accuracy,
-        ))
-
-    _, result, _ = train_run(data, run_config, run_dir, on_progress=forward, cancel=cancel, device=config.device,
-                             make_parents=False)
-    return result
+    label = METHOD_LABELS[name] + (f" at level {level.index + 1}" if config.protocol == "per-level"
+                                   and name != "uncompressed" else "")
+    return TrainingJob(run_config, run_dir, f"{label}, seed {seed}")
 
 
 def _sweep(data: DatasetSplit, config: CompareConfig, out_dir: Path, levels: list[Level], geo: VitGeometry,

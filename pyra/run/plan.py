@@ -11,8 +11,8 @@ or its micro-batch), so the training pass is the largest. A micro-batched step c
 gradient as the whole batch (pyra.run.train), so fitting memory costs time, not accuracy.
 Measured by benchmarks/train_memory.py on the default DINOv2 ViT-S/14 at 2 threads
 (docs/perf/train_memory.json): about 170 MB at batch 1 and 112 px, plus 75-85 bytes per
-(image x token x layer x channel) at 65-1025 tokens and batch 1-64; the estimate is 10-75%
-above every measured peak.
+(image x token x layer x channel) at 65-1025 tokens and batch 1-64, and up to 90 MB more in the
+app's server (benchmarks/space_abuse.py); the estimate is above every measured peak.
 """
 from __future__ import annotations
 
@@ -28,11 +28,13 @@ from pyra.run.compare import planned_jobs
 from pyra.run.comparison import CompareConfig
 
 __all__ = ["ComparePlan", "plan_compare", "within_memory", "training_memory_bytes", "largest_forward_batch",
-           "ACTIVATION_BYTES", "FIXED_BYTES"]
+           "micro_batch_for", "ACTIVATION_BYTES", "FIXED_BYTES"]
 
 
 ACTIVATION_BYTES = 88  # per image x token x layer x channel of one training pass (measured 75-85)
-FIXED_BYTES = 192 * 2**20  # besides the weights: building the model, optimiser, allocator, threads (about 80 MB)
+FIXED_BYTES = 288 * 2**20  # besides the weights: building the model, optimiser, allocator, threads: about 80 MB
+# in a process of its own (benchmarks/train_memory.py), up to 90 MB more in the app's server after a minute of
+# training (benchmarks/space_abuse.py)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,13 @@ def largest_forward_batch(structure: VisionTransformer, batch_size: int, limit_b
     return max(0, min(batch_size, room // _activation_bytes_per_image(structure)))
 
 
+def micro_batch_for(structure: VisionTransformer, batch_size: int, limit_bytes: int) -> int:
+    """Images per pass for a batch of `batch_size` within `limit_bytes`: the fewest passes that fit, of even
+    sizes (16 as 8 + 8, not 13 + 3); `batch_size` itself if it fits, 1 if nothing does."""
+    fits = max(1, largest_forward_batch(structure, batch_size, limit_bytes))
+    return math.ceil(batch_size / math.ceil(batch_size / fits))
+
+
 def _activation_bytes_per_image(structure: VisionTransformer) -> int:
     tokens = structure.patch_embed.num_patches + structure.num_prefix_tokens
     return tokens * len(structure.blocks) * structure.embed_dim * ACTIVATION_BYTES
@@ -73,16 +82,14 @@ def _weights_and_fixed_bytes(structure: VisionTransformer) -> int:
 
 
 def within_memory(data: DatasetSplit, config: CompareConfig, limit_bytes: int) -> CompareConfig:
-    """`config` training in the fewest micro-batches that fit `limit_bytes`, of even sizes (unchanged if its batch
-    fits; one image per pass if none fits, so that `plan_compare` shows the smallest estimate to refuse)."""
+    """`config` training in `micro_batch_for` its batch and `limit_bytes` (unchanged if its batch fits; one image
+    per pass if none fits, so that `plan_compare` shows the smallest estimate to refuse)."""
     _, img_size = planned_jobs(data, config)
     structure = backbone_structure(config.backbone, len(data.classes), img_size)
-    batch = config.train.forward_batch
-    fits = max(1, largest_forward_batch(structure, batch, limit_bytes))
-    if fits == batch:
+    micro_batch = micro_batch_for(structure, config.train.forward_batch, limit_bytes)
+    if micro_batch == config.train.forward_batch:
         return config
-    passes = math.ceil(batch / fits)  # as few passes as fit, of even sizes (16 as 8 + 8, not 13 + 3)
-    return replace(config, train=replace(config.train, micro_batch=math.ceil(batch / passes)))
+    return replace(config, train=replace(config.train, micro_batch=micro_batch))
 
 
 def plan_compare(data: DatasetSplit, config: CompareConfig) -> ComparePlan:
