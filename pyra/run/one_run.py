@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -14,8 +13,7 @@ from pyra.method.patch import geometry
 from pyra.method.schedule import Method, ScheduleSpec, resolve_schedule
 from pyra.run.checkpoint import load_metrics, load_run, save_run
 from pyra.run.devices import default_device
-from pyra.run.metrics import ClassificationReport, evaluate
-from pyra.run.predict import Cancelled
+from pyra.run.metrics import ClassificationReport, classification_report, evaluate
 from pyra.run.recipes import DEFAULT_RECIPE
 from pyra.run.run_config import RunConfig, build_model
 from pyra.run.train import Progress, TrainConfig, TrainResult, train
@@ -77,14 +75,9 @@ def train_run(
                      "steps": result.steps, "history": result.history, "epochs": result.epochs,
                      "elastic": result.elastic,
                      "head_start": result.head_start.to_dict() if result.head_start else None}
-    if result.status == "completed":
-        try:  # at the training's forward batch: within its memory estimate
-            report, _ = evaluate(model, model_dataset(model, data.val), data.classes,
-                                 batch_size=config.train.forward_batch, cancel=cancel)
-            metrics["validation"] = report.to_dict()
-        except Cancelled:
-            result = replace(result, status="cancelled", message="cancelled by the user while validating")
-            metrics |= {"status": result.status, "message": result.message}
+    if result.status == "completed":  # the last epoch's validation: the final weights, at the target
+        report = classification_report(result.validation, data.classes)
+        metrics["validation"] = report.to_dict()
     save_run(run_dir, model, config, metrics, make_parents=make_parents)
     return model, result, report
 
@@ -111,6 +104,6 @@ def evaluate_run(
         )
     if schedule is not None:
         schedule = resolve_schedule(schedule, geometry(model))
-    report, _ = evaluate(model, model_dataset(model, data.val), data.classes, schedule=schedule,
-                         method=method, with_features=with_features)
+    report, _ = evaluate(model, model_dataset(model, data.val), data.classes, schedule=schedule, method=method,
+                         with_features=with_features, batch_size=config.train.forward_batch)  # as it was trained
     return report, load_metrics(run_dir), model

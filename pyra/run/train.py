@@ -38,7 +38,7 @@ from pyra.rng import RNG_LOCK
 from pyra.run.devices import model_device
 from pyra.run.head_start import HeadStart, fit_head
 from pyra.run.optimizer import build_optimizer, lr_at
-from pyra.run.predict import Cancelled, predict
+from pyra.run.predict import Cancelled, Predictions, predict
 
 __all__ = ["MAX_SEED", "TrainConfig", "Progress", "TrainResult", "lr_at", "build_optimizer", "train"]
 
@@ -146,6 +146,7 @@ class TrainResult:
     epochs: list[dict] = field(default_factory=list)  # per epoch: epoch, step, train_loss, val_accuracy
     elastic: ElasticMode = "off"  # the mode applied: "off" for a model that does not merge
     head_start: Optional[HeadStart] = None  # None when turned off (or the run was cancelled before it)
+    validation: Optional[Predictions] = None  # the last validation's predictions, at the target (None: never ran)
 
     @property
     def val_accuracy(self) -> Optional[float]:
@@ -223,6 +224,7 @@ class _Loop:
         self.target, self.elastic = _elastic_mode(model, config.elastic)
         self.levels = LevelSampler(self.elastic, config.seed)
         self.head_start: Optional[HeadStart] = None
+        self.validation: Optional[Predictions] = None
         self.history: list[dict] = []
         self.epochs: list[dict] = []
         self.images = 0
@@ -248,7 +250,7 @@ class _Loop:
         except Cancelled:  # during the head start or a validation: the weights of the last step stay
             status, message = self._stopped()
         return TrainResult(status, message, time.perf_counter() - start, len(self.history), self.history,
-                           self.epochs, self.elastic, self.head_start)
+                           self.epochs, self.elastic, self.head_start, self.validation)
 
     def _stopped(self) -> tuple[TrainStatus, str]:
         return "cancelled", f"cancelled by the user after {len(self.history)} of {self.total_steps} steps"
@@ -273,8 +275,9 @@ class _Loop:
             return self._stopped()
         if self.val_set is not None and (self.config.eval_every_epoch or epoch == self.config.epochs):
             set_schedule(self.model, self.target)  # validated at the target level
-            summary["val_accuracy"] = predict(self.model, self.val_set, batch_size=self.config.forward_batch,
-                                              cancel=self.cancel).accuracy
+            self.validation = predict(self.model, self.val_set, batch_size=self.config.forward_batch,
+                                      cancel=self.cancel)
+            summary["val_accuracy"] = self.validation.accuracy
             self.on_progress(self._progress(epoch, val_accuracy=summary["val_accuracy"]))
         return None
 
