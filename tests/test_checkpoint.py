@@ -147,6 +147,22 @@ def test_a_bad_config_json_is_refused_by_name(tmp_path, config, trained, content
     assert error.match(match)
 
 
+def test_a_run_saved_before_micro_batches_existed_still_loads(tmp_path, config, trained):
+    """Its train config has no micro_batch: it trained on whole batches, and loads as such; a missing
+    key that changes the model's outputs is still refused (above)."""
+    run_dir = save(tmp_path, trained, config)
+    data = json.loads((run_dir / "config.json").read_text())
+    assert data["train"].pop("micro_batch") is None
+    (run_dir / "config.json").write_text(json.dumps(data))
+    model, loaded = load_run(run_dir)
+    assert loaded.train.micro_batch is None and loaded.train == config.train
+    torch.testing.assert_close(model(inputs()), load_run(save(tmp_path / "again", trained, config))[0](inputs()))
+    data["train"].pop("lr")
+    (run_dir / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"train: missing keys \['lr'\]"):
+        load_run(run_dir)
+
+
 def test_missing_files_are_reported(tmp_path, config, trained):
     with pytest.raises(CheckpointError, match="config.json: not found"):
         load_config(tmp_path)

@@ -2,37 +2,26 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from pyra.data.datasets import DatasetSplit, ImageRecord
+from pyra.data.datasets import load_dataset
 from pyra.run import executors
 from pyra.run.compare import run_compare
 from pyra.run.comparison import CompareConfig
-from pyra.run.executors import InProcess, RayExecutor
+from pyra.run.executors import InProcess
 from pyra.run.sweep import SweepConfig, run_sweep
 from pyra.run.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(backbone="random:vit_tiny_patch16_224", img_size=32, schedule=2, lora_rank=2, bench_batch=2,
             bench_repeats=1, levels=(0.0, 1.0), train=TrainConfig(epochs=1, batch_size=4))
-
-
-def two_tones(per_class: int = 8) -> DatasetSplit:
-    rng = np.random.default_rng(0)
-    records: dict[str, list[ImageRecord]] = {"train": [], "val": []}
-    for label in range(2):
-        for i in range(per_class):
-            pixels = np.clip(rng.normal(70 + 110 * label, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-            records["val" if i < 3 else "train"].append(ImageRecord(label=label, name=f"{label}-{i}", array=pixels))
-    return DatasetSplit(classes=["dark", "light"], train=records["train"], val=records["val"], skipped=[],
-                        source="two tones")
 
 
 @pytest.fixture
@@ -44,32 +33,47 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_a_local_ray_gives_the_in_process_accuracies_and_losses(tmp_path, one_thread):
-    data, config = two_tones(), CompareConfig(**TINY, seeds=(0, 1), device="cpu")
-    here = run_compare(data, config, tmp_path / "here", executor=InProcess())
-    ray_run = run_compare(data, config, tmp_path / "ray", executor=RayExecutor(
-        cpus_per_run=1, local_cpus=2, local_object_store_bytes=100 * 2**20))
-    assert here.status == ray_run.status == "completed"
-    assert len(here.rows) == len(ray_run.rows) == 8  # 4 rows x 2 levels
-    for a, b in zip(here.rows, ray_run.rows):
-        assert (a["method"], a["level"]) == (b["method"], b["level"])
-        assert a["seed_accuracies"] == b["seed_accuracies"] and a["accuracy"] == b["accuracy"]
-    assert here.histories.keys() == ray_run.histories.keys() and len(here.histories) == 6  # 3 models x 2 seeds
-    for key, steps in here.histories.items():
-        assert [s.get("loss") for s in steps] == pytest.approx([s.get("loss") for s in ray_run.histories[key]])
-    for run_dir in ray_run.run_dirs.values():  # each task wrote its own run folder
-        assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
-    assert (tmp_path / "ray" / "compare.json").is_file()
-
-
-def test_an_interrupted_sweep_trains_only_what_is_missing(tmp_path, monkeypatch):
-    folder = tmp_path / "tones"
+def tones_folder(folder: Path, per_class: int = 6) -> Path:
+    """Two classes of grey squares, dark and light, as PNG files in class folders."""
     from PIL import Image
 
     for label, grey in (("dark", 60), ("light", 190)):
         (folder / label).mkdir(parents=True)
-        for i in range(6):
+        for i in range(per_class):
             Image.new("RGB", (32, 32), (grey + 3 * i,) * 3).save(folder / label / f"{i}.png")
+    return folder
+
+
+def test_compare_on_a_local_ray_gives_the_in_process_accuracies_and_losses(tmp_path, one_thread):
+    """`python -m pyra compare --executor ray` (a local Ray on this machine's CPUs, one CPU and one torch
+    thread per training; its evaluation on one thread too) against the same comparison run here on one thread."""
+    folder = tones_folder(tmp_path / "tones", per_class=8)
+    data = load_dataset(str(folder), tmp_path / "work", val_fraction=0.375, seed=0)
+    config = CompareConfig(**TINY, seeds=(0, 1), device="cpu")
+    here = run_compare(data, config, tmp_path / "here", executor=InProcess())
+    command = [sys.executable, "-m", "pyra", "compare", "--data", str(folder), "--val-fraction", "0.375",
+               "--backbone", TINY["backbone"], "--img-size", "32", "--schedule", "2", "--lora-rank", "2",
+               "--epochs", "1", "--batch-size", "4", "--seeds", "0,1", "--levels", "0,1", "--bench-batch", "2",
+               "--bench-repeats", "1", "--executor", "ray", "--cpus-per-run", "1", "--out", str(tmp_path / "ray"),
+               "--json"]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                         env=os.environ | {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})  # its evaluation too
+    assert out.returncode == 0, out.stderr[-3000:]
+    ray_run = json.loads(out.stdout)
+    assert here.status == ray_run["status"] == "completed"
+    assert len(here.rows) == len(ray_run["rows"]) == 8  # 4 rows x 2 levels
+    for a, b in zip(here.rows, ray_run["rows"]):
+        assert (a["method"], a["level"]) == (b["method"], b["level"])
+        assert a["seed_accuracies"] == b["seed_accuracies"] and a["accuracy"] == b["accuracy"]
+    for key, run_dir in here.run_dirs.items():  # each Ray task wrote its own run folder, with the same losses
+        ours = json.loads((run_dir / "metrics.json").read_text())
+        theirs = json.loads((tmp_path / "ray" / run_dir.relative_to(tmp_path / "here") / "metrics.json").read_text())
+        assert theirs["status"] == "completed", key
+        assert [s["loss"] for s in theirs["history"]] == pytest.approx([s["loss"] for s in ours["history"]])
+
+
+def test_an_interrupted_sweep_trains_only_what_is_missing(tmp_path, monkeypatch):
+    folder = tones_folder(tmp_path / "tones")
     config = SweepConfig.from_dict({
         "datasets": [str(folder)], "lr": [1e-3, 3e-3], "seeds": [0],
         "options": {"backbone": "random:vit_tiny_patch16_224", "img_size": 32, "epochs": 1, "batch_size": 4,

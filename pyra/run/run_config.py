@@ -79,7 +79,8 @@ class RunConfig:
         for name in ("classes", "schedule", "lora_targets"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if isinstance(self.train, dict):  # from JSON
-            object.__setattr__(self, "train", _from_fields(TrainConfig, self.train, "train"))
+            recorded = {**TRAIN_FIELDS_ADDED_LATER, **self.train}  # a run saved before a field existed
+            object.__setattr__(self, "train", _from_fields(TrainConfig, recorded, "train"))
         checks = [
             (self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}"),
             (_whole(self.img_size) and self.img_size >= 1,
@@ -110,6 +111,11 @@ class RunConfig:
     def from_dict(cls, data: dict) -> RunConfig:
         """Inverse of `to_dict`; ValueError naming unknown or missing keys (all keys are required)."""
         return _from_fields(cls, data, "run config")
+
+
+TRAIN_FIELDS_ADDED_LATER = {"micro_batch": None}
+"""TrainConfig fields newer than some saved runs, with the value every run before them trained with. Only a
+field that cannot change the trained model's outputs belongs here (micro-batches give the same gradients)."""
 
 
 def _whole(value: object) -> bool:
