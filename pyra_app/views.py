@@ -17,6 +17,7 @@ from typing import Any, Optional
 import plotly.graph_objects as go
 from PIL import Image
 
+from pyra.files import size_text
 from pyra.report.methods import METHOD_ORDER, method_label
 from pyra.report.stats import min_detectable_difference
 from pyra.run.checkpoint import ADAPTER_FILE, CONFIG_FILE, METRICS_FILE
@@ -323,6 +324,21 @@ def export_run_zip(run_dir: Path, zip_path: Path) -> Path:
             else:
                 archive.write(run_dir / name, arcname=name)
     return zip_path
+
+
+def level_choices(levels: Sequence[Any]) -> list[tuple[str, int]]:
+    """Dropdown (label, index) pairs for a comparison's levels, e.g. ("Level 3 of 3: 63 tokens merged, ...", 2)."""
+    return [(f"Level {level.index + 1} of {len(levels)}: {level.label}", level.index) for level in levels]
+
+
+def onnx_summary(info: Any) -> str:
+    """What an ONNX export wrote, in one paragraph (`info`: pyra.run.onnx_export.ExportInfo)."""
+    merges = info.method != "none" and any(info.schedule)
+    merging = (f"{'PYRA' if info.method == 'pyra' else 'ToMe'} merging {sum(info.schedule)} tokens over the "
+               "layers" if merges else "no merging")
+    return (f"**{size_text(info.bytes)}**, {info.img_size} px, batch {info.batch}, {merging}, "
+            f"{len(info.classes)} classes. onnxruntime's logits were within {info.max_abs_difference:.1e} of "
+            "the model's on the check images.")
 
 
 def python_snippet(run_key: str, zip_name: str) -> str:

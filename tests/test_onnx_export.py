@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
+import pytest
 import torch
 from conftest import make_tiny
 
@@ -52,3 +53,32 @@ def test_pyra_with_registers_exports_exactly(tmp_path: Path) -> None:
 
 def test_an_unmerged_model_exports_exactly(tmp_path: Path) -> None:
     check_export("vit_tiny_patch16_224", "none", 0, tmp_path, dynamic_batch=True)
+
+
+def test_the_export_tab_exports_the_shipped_default_backbone_run(tmp_path, monkeypatch):
+    """The Export tab on the worked example (the default DINOv2 backbone, its shipped weights, a trained PYRA
+    run at its target): the .onnx it offers, fed as its metadata says, gives the torch model's logits."""
+    from types import SimpleNamespace
+
+    from pyra.method.patch import set_schedule
+    from pyra.run.checkpoint import load_run
+    from pyra_app import tab_export, tab_train
+    from pyra_app.session import open_session
+
+    monkeypatch.setenv("PYRA_WORK_ROOT", str(tmp_path / "work"))
+    session = tab_train.open_worked_example(open_session(None, "export"), SimpleNamespace(session_hash="export"))
+    target = len(session.result.levels) - 1
+    path, summary = tab_export.export_onnx(session, "pyra@0", target)
+    assert Path(path).parent == session.workdir / "exports" and path.endswith("-level3.onnx")
+    assert "batch 1, PYRA merging" in summary and "within" in summary
+    metadata = onnx_metadata(path)
+    model, config = load_run(session.result.run_dirs["pyra@0"])
+    set_schedule(model.eval(), list(session.result.levels[target].schedule))
+    assert metadata["classes"] == list(config.classes) and metadata["img_size"] == config.img_size
+    image = torch.rand(1, 3, config.img_size, config.img_size, generator=torch.Generator().manual_seed(3))
+    mean, std = (torch.tensor(metadata[key])[:, None, None] for key in ("mean", "std"))
+    with torch.no_grad():
+        expected = model((image - mean) / std).numpy()
+    assert np.abs(runtime_logits(Path(path), (image - mean) / std) - expected).max() <= 1e-4
+    with pytest.raises(Exception, match="Choose the compression level"):
+        tab_export.export_onnx(session, "pyra@0", 7)
