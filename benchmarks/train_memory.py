@@ -27,7 +27,7 @@ from pyra.report.tables import machine_info, markdown_table, write_section
 REPO = Path(__file__).resolve().parents[1]
 
 FULL = [(112, 1, 0), (112, 16, 0), (112, 32, 0), (112, 64, 0), (168, 16, 0), (224, 8, 0), (224, 16, 0), (280, 8, 0),
-        (448, 1, 0), (112, 16, 8), (112, 64, 8), (224, 16, 2), (336, 4, 1)]  # (px, batch, micro-batch or 0)
+        (448, 1, 0), (112, 16, 8), (112, 64, 8), (224, 16, 1), (266, 4, 1)]  # (px, batch, micro-batch or 0)
 QUICK = [(112, 1, 0), (112, 16, 8), (168, 8, 0)]
 TRAIN_STEPS = 2
 HEAD_START_IMAGES = 64  # at least this many training images: the head start sees several batches

@@ -19,7 +19,7 @@ import gradio as gr
 
 from pyra.files import size_text
 from pyra.run.compare import run_compare
-from pyra_app import views
+from pyra_app import memory, views
 from pyra_app.budget import Budget, folder_bytes
 from pyra_app.session import Session, touch
 
@@ -83,6 +83,7 @@ def start_job(session: Session, config: Any, out_dir: Path, budget: Budget) -> J
             events.put(("error", error))
         finally:
             deadline.cancel()
+            memory.trim()
 
     session.cancel.clear()
     thread = session.job = threading.Thread(target=work, name=f"compare-{out_dir.name}", daemon=True)

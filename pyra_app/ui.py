@@ -10,6 +10,7 @@ import gradio as gr
 from pyra.data.samples import example_photos, list_samples
 from pyra_app import (
     inputs,
+    memory,
     tab_compare,
     tab_data,
     tab_export,
@@ -79,6 +80,7 @@ def _wire(demo: gr.Blocks, c: SimpleNamespace) -> None:
 def build_demo() -> gr.Blocks:
     """The app, with nothing loaded yet (models load when a handler needs one)."""
     budget = Budget.from_env()
+    memory.share_arenas()  # before any job thread starts
     sweep_idle_sessions(budget.idle_seconds)
     cache_sweep = int(min(600.0, budget.idle_seconds))  # Gradio's upload cache: swept this often, same idle limit
     with inputs.StudioBlocks(title=TITLE, delete_cache=(cache_sweep, int(budget.idle_seconds))) as demo:

@@ -293,17 +293,18 @@ def test_the_plan_counts_what_run_compare_trains():
 def test_the_memory_estimate_grows_with_batch_and_tokens():
     small, big = backbone_structure("default", 2, 112), backbone_structure("default", 2, 224)
     one, two = training_memory_bytes(small, 8), training_memory_bytes(small, 16)
-    activations = two - one  # 8 more images: 8 x 65 tokens x 12 layers x 384 channels x 88 bytes
-    assert activations == 8 * 65 * 12 * 384 * 88
-    more_tokens = 8 * (257 - 65) * 12 * 384 * 88 + 4 * (257 - 65) * 384  # activations + the larger pos_embed
+    activations = two - one  # 8 more images: 12 layers x 65 tokens x (384 channels x 88 + 6 heads x 65 x 8) bytes
+    assert activations == 8 * 12 * 65 * (384 * 88 + 6 * 65 * 8)
+    per_image = {n: 12 * n * (384 * 88 + 6 * n * 8) for n in (65, 257)}
+    more_tokens = 8 * (per_image[257] - per_image[65]) + 4 * (257 - 65) * 384  # activations + the larger pos_embed
     assert training_memory_bytes(big, 8) - training_memory_bytes(small, 8) == more_tokens
 
 
 def test_a_batch_over_the_memory_limit_trains_in_the_fewest_even_micro_batches():
     data, limit = tiny_split(), 600 * MB
     config = CompareConfig(backbone="default", img_size=112, train=TrainConfig(batch_size=16))
-    # per image 65 tokens x 12 layers x 384 channels x 88 bytes = 25.1 MiB; weights (82 MiB) + fixed 288 MiB:
-    # 16 images need 772 MiB, 8 images 571 MiB (9 would fit, but 9 + 7 is uneven): two passes of 8
+    # per image 12 layers x 65 tokens x (384 channels x 88 + 6 heads x 65 tokens x 8) bytes = 27.5 MiB; weights
+    # (82 MiB) + fixed 288 MiB: 16 images need 810 MiB, 8 images 590 MiB, 9 would need 617: two passes of 8
     assert plan_compare(data, config).training_memory_bytes > limit
     fitted = within_memory(data, config, limit)
     assert fitted.train.micro_batch == 8 and fitted.train.batch_size == 16
@@ -312,7 +313,7 @@ def test_a_batch_over_the_memory_limit_trains_in_the_fewest_even_micro_batches()
     assert plan.forward_batch == 8 and plan.training_memory_bytes <= limit and plan.batch_size == 16
     Budget(max_train_memory_bytes=limit).check_plan(plan)  # allowed
     assert within_memory(data, config, 2 * limit) == config  # fits already: unchanged
-    big = within_memory(data, replace(config, img_size=448), limit)  # 1025 tokens: one image needs 768 MiB
+    big = within_memory(data, replace(config, img_size=448), limit)  # 1025 tokens: one image needs 1345 MiB
     assert big.train.micro_batch == 1
     with pytest.raises(BudgetError, match=r"1 image\(s\) per training pass at 448 px \(1025 tokens per image\) "
                                           r"need about .*: lower the image size \(or raise PYRA_MAX_TRAIN_MEMORY_MB"):
@@ -343,3 +344,14 @@ def test_public_text_keeps_file_names_and_drops_server_folders(monkeypatch, tmp_
     path = tmp_path / "work" / "session-3f9a1c" / "compare-001" / "seed0" / "pyra" / "config.json"
     text = public_text(f"{path}: not found; check {tmp_path / 'work'}")
     assert "config.json: not found" in text and "session-" not in text and str(tmp_path) not in text
+
+
+def test_the_server_caps_its_malloc_arenas_where_glibc_runs():
+    """In a fresh process (as app.py starts): the cap is taken by glibc, and trimming after a job works."""
+    import subprocess
+    import sys
+
+    script = ("import platform\nfrom pyra_app import memory\nok = memory.share_arenas()\nmemory.trim()\n"
+              "assert ok == (platform.libc_ver()[0] == 'glibc'), ok\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -11,8 +11,9 @@ or its micro-batch), so the training pass is the largest. A micro-batched step c
 gradient as the whole batch (pyra.run.train), so fitting memory costs time, not accuracy.
 Measured by benchmarks/train_memory.py on the default DINOv2 ViT-S/14 at 2 threads
 (docs/perf/train_memory.json): about 170 MB at batch 1 and 112 px, plus 75-85 bytes per
-(image x token x layer x channel) at 65-1025 tokens and batch 1-64, and up to 90 MB more in the
-app's server (benchmarks/space_abuse.py); the estimate is above every measured peak.
+(image x token x layer x channel) at 65-1025 tokens and batch 1-64, and more in the app's server
+(benchmarks/space_abuse.py), most at large token counts: a term in tokens squared (the attention
+weights) covers that; the estimate is above every measured peak.
 """
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ from pyra.run.compare import planned_jobs
 from pyra.run.comparison import CompareConfig
 
 __all__ = ["ComparePlan", "plan_compare", "within_memory", "training_memory_bytes", "largest_forward_batch",
-           "micro_batch_for", "ACTIVATION_BYTES", "FIXED_BYTES"]
+           "micro_batch_for", "ACTIVATION_BYTES", "ATTENTION_BYTES", "FIXED_BYTES"]
 
 
 ACTIVATION_BYTES = 88  # per image x token x layer x channel of one training pass (measured 75-85)
+ATTENTION_BYTES = 8  # per image x head x token x token x layer: attention weights and their gradient, float32,
+# if the backward keeps them (SDPA with the proportional-attention mask may); covers what the app's server
+# measured at 577 tokens (336 px), where the linear terms alone fell short (benchmarks/space_abuse.py --quick)
 FIXED_BYTES = 288 * 2**20  # besides the weights: building the model, optimiser, allocator, threads: about 80 MB
 # in a process of its own (benchmarks/train_memory.py), up to 90 MB more in the app's server after a minute of
 # training (benchmarks/space_abuse.py)
@@ -74,7 +78,8 @@ def micro_batch_for(structure: VisionTransformer, batch_size: int, limit_bytes: 
 
 def _activation_bytes_per_image(structure: VisionTransformer) -> int:
     tokens = structure.patch_embed.num_patches + structure.num_prefix_tokens
-    return tokens * len(structure.blocks) * structure.embed_dim * ACTIVATION_BYTES
+    heads = structure.blocks[0].attn.num_heads
+    return len(structure.blocks) * tokens * (structure.embed_dim * ACTIVATION_BYTES + heads * tokens * ATTENTION_BYTES)
 
 
 def _weights_and_fixed_bytes(structure: VisionTransformer) -> int:
