@@ -109,12 +109,16 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure_one(*args.one, args.method)))
         return
+    def child(img_size: int, batch: int, micro_batch: int) -> dict:
+        done = subprocess.run([sys.executable, __file__, "--one", str(img_size), str(batch), str(micro_batch),
+                               "--method", args.method],
+                              capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    child(*QUICK[0])  # unmeasured warm-up: on a fresh machine the very first run measured 300 MB more, once
     rows = []
     for img_size, batch, micro_batch in QUICK if args.quick else FULL:
-        child = subprocess.run([sys.executable, __file__, "--one", str(img_size), str(batch), str(micro_batch),
-                                "--method", args.method],
-                               capture_output=True, text=True, check=True)
-        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        rows.append(child(img_size, batch, micro_batch))
         row = rows[-1]
         print(f"{row['img_size']:>4} px  batch {row['batch']:>3} in passes of {row['forward_batch']:>3}  "
               f"{row['tokens']:>5} tokens  "
