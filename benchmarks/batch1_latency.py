@@ -2,15 +2,16 @@
 
     python benchmarks/batch1_latency.py             # DINOv2-S/14 arch at 112 px, 1 thread, 200 rounds
     python benchmarks/batch1_latency.py --quick --out /tmp/b1   # 20 rounds, files under /tmp/b1
+    python benchmarks/batch1_latency.py --threads 2              # the app's thread count on 2 cores
 
-One process, one thread for torch and for onnxruntime. Models: the random-init DINOv2 ViT-S/14
+One process, one thread (or --threads N) for torch and for onnxruntime. Models: the random-init DINOv2 ViT-S/14
 architecture at 112 px (65 tokens) with a 10-class head, built by `pyra.run.speed_bench.bench_models`
 (PYRA's gates get small random values so it does its full work); schedules low = [5] * 11 + [4]
 and high = [13, 11, 10, 8, 6, 5, 3, 3, 1, 1, 1, 1]. Each round times one batch-1 forward of every model in a fixed order (torch first,
 then onnxruntime), after warm-up rounds; reported: median latency [p25-p75] in ms and the speed-up
 of the median over timm's (torch) or over the unmerged export's (onnxruntime). Writes
 OUT/perf/batch1_latency.json and the table into OUT/PERFORMANCE.md between the batch1_latency
-markers (default OUT: docs/).
+markers (default OUT: docs/); with --threads N > 1, batch1_latency_threadsN.json and markers.
 """
 from __future__ import annotations
 
@@ -43,22 +44,24 @@ def build_models() -> dict[str, torch.nn.Module]:
     return models
 
 
-def runtime_session(path: Path):
+def runtime_session(path: Path, threads: int):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads would take the cores
+    # from the torch model timed next
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def measure(rounds: int, warmup: int, folder: Path) -> dict:
-    torch.set_num_threads(1)
+def measure(rounds: int, warmup: int, folder: Path, threads: int) -> dict:
+    torch.set_num_threads(threads)
     models = build_models()
     sessions = {}
     for name, model in models.items():
         path = folder / f"{name.replace(' ', '-')}.onnx"
         export_model(model, path, classes=[str(i) for i in range(10)], batch=1)
-        sessions[name] = runtime_session(path)
+        sessions[name] = runtime_session(path, threads)
     image = torch.randn(1, 3, IMG_SIZE, IMG_SIZE, generator=torch.Generator().manual_seed(0))
     feed = image.numpy()
     times: dict[str, list[float]] = {f"torch {n}": [] for n in models} | {f"onnxruntime {n}": [] for n in sessions}
@@ -81,7 +84,7 @@ def measure(rounds: int, warmup: int, folder: Path) -> dict:
         rows.append({"runtime": runtime, "model": name, "median_ms": round(spread.median, 3),
                      "p25_ms": round(spread.p25, 3), "p75_ms": round(spread.p75, 3),
                      "speedup": round(base / spread.median, 3)})
-    return {"rows": rows, "rounds": rounds, "warmup": warmup, "threads": 1, "img_size": IMG_SIZE,
+    return {"rows": rows, "rounds": rounds, "warmup": warmup, "threads": threads, "img_size": IMG_SIZE,
             "arch": ARCH, "schedules": SCHEDULES}
 
 
@@ -90,8 +93,8 @@ def markdown(report: dict) -> str:
         ["runtime", "model", "batch-1 latency, median [p25-p75]", "speed-up over timm / unmerged export"],
         [[r["runtime"], r["model"], f"{r['median_ms']:.2f} ms [{r['p25_ms']:.2f}-{r['p75_ms']:.2f}]",
           f"{r['speedup']:.2f}x"] for r in report["rows"]])
-    machine = report["machine"]
-    return (f"`{report['command']}` ({machine['cpu']}, {machine['cores']} cores, {report['threads']} thread; "
+    machine, threads = report["machine"], report["threads"]
+    return (f"`{report['command']}` ({machine['cpu']}, {machine['cores']} cores, {threads} thread{'s' * (threads > 1)}; "
             f"{report['arch'].removeprefix('random:')} architecture at {report['img_size']} px, {report['rounds']} "
             f"interleaved rounds after {report['warmup']} warm-up rounds; onnxruntime runs each model's own "
             "`pyra export` file):\n\n" + table + "\n")
@@ -100,19 +103,22 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (default 1)")
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     args = parser.parse_args()
     rounds, warmup = (20, 3) if args.quick else (200, 20)
     with tempfile.TemporaryDirectory(prefix="pyra-onnx-") as folder:
-        report = measure(rounds, warmup, Path(folder))
+        report = measure(rounds, warmup, Path(folder), args.threads)
     report["machine"] = machine_info()
-    report["command"] = "python benchmarks/batch1_latency.py" + (" --quick" if args.quick else "")
+    report["command"] = ("python benchmarks/batch1_latency.py" + (" --quick" if args.quick else "")
+                         + (f" --threads {args.threads}" if args.threads > 1 else ""))
+    name = "batch1_latency" + (f"_threads{args.threads}" if args.threads > 1 else "")
     (args.out / "perf").mkdir(parents=True, exist_ok=True)
-    (args.out / "perf" / "batch1_latency.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "perf" / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
     text = markdown(report)
     doc = args.out / "PERFORMANCE.md"
-    if doc.exists():
-        write_section(doc, "batch1_latency", text)
+    if doc.exists() and f"<!-- {name}:start -->" in doc.read_text(encoding="utf-8"):
+        write_section(doc, name, text)
     print(text)
 
 
