@@ -110,6 +110,18 @@ def test_a_sweep_config_names_what_is_wrong():
         SweepConfig.from_dict({"datasets": ["sample:fashion"], "lr": "1e-3"})
     with pytest.raises(ValueError, match="options.epochs must be a int"):
         SweepConfig.from_dict({"datasets": ["sample:fashion"], "options": {"epochs": "three"}})
+    with pytest.raises(ValueError, match="epochs must be a whole number >= 1"):  # refused before any data is read
+        run_sweep(SweepConfig.from_dict({"datasets": ["no/such/folder"], "options": {"epochs": 0}}), Path("/nonexistent"))
+
+
+def test_a_sweep_trains_as_its_recipe_implies_unless_told():
+    def protocol(options: dict) -> str:
+        config = SweepConfig.from_dict({"datasets": ["sample:fashion"], "options": options})
+        return config.compare_config(config.cells(Path("out"))[0]).protocol
+
+    assert protocol({}) == "elastic"  # the default recipe trains one elastic model
+    assert protocol({"recipe": "paper"}) == "per-level"  # the paper's: one model per level, as `compare` does
+    assert protocol({"recipe": "paper", "protocol": "per-level"}) == "per-level"
 
 
 def test_the_app_and_the_default_commands_run_without_ray():

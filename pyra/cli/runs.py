@@ -27,7 +27,7 @@ from pyra.method.schedule import METHODS, flops_ratio, forward_flops, parse_sche
 from pyra.report.traces import token_maps
 from pyra.run.checkpoint import load_config
 from pyra.run.compare import run_compare
-from pyra.run.comparison import PROTOCOLS, CompareConfig
+from pyra.run.comparison import PROTOCOLS, CompareConfig, protocol_for
 from pyra.run.devices import default_device
 from pyra.run.one_run import evaluate_run, make_run_config, train_run
 from pyra.run.recipes import DEFAULT_RECIPE, RECIPES, recipe
@@ -291,7 +291,7 @@ def _numbers(text: str, kind: type, what: str) -> tuple:
 
 def run_compare_command(args: argparse.Namespace) -> int:
     train_config = _train_config(args, 0)
-    protocol = args.protocol or ("per-level" if train_config.elastic == "off" else "elastic")
+    protocol = args.protocol or protocol_for(train_config)
     config = CompareConfig(
         backbone=args.backbone, weights=args.weights, img_size=args.img_size, schedule=parse_schedule(args.schedule),
         lora_rank=args.lora_rank, **_regularisation(args), protocol=protocol,

@@ -32,6 +32,11 @@ PAIRS = [("pyra", "tome"), ("pyra", "tome_free"), ("pyra", "uncompressed"), ("to
 PROTOCOLS = ("elastic", "per-level")
 
 
+def protocol_for(train: TrainConfig) -> str:
+    """The protocol a training implies: one elastic model for every level, or one model per level if it is not elastic."""
+    return "per-level" if train.elastic == "off" else "elastic"
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     """One comparison: the backbone, the target compression, and how to train and measure."""

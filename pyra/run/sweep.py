@@ -6,9 +6,9 @@ resumable, so an interrupted sweep run again trains only what is missing.
 
 The config (JSON): {"datasets": ["sample:fashion", "data/dtd"], "lr": [1e-3, 3e-3], "pyra_lr": [5e-4],
 "seeds": [0, 1, 2], "options": {"backbone": "default", "epochs": 3, "levels": [0, 0.5, 1], ...}}; every
-option is listed in `OPTIONS`. Each comparison goes to OUT/<dataset>/lr<lr>-pyra<pyra_lr>/ with its
-run folders, compare.json and compare.csv; OUT/sweep.json lists every cell and its accuracies at the
-target level.
+option is listed in `OPTIONS` (protocol: the recipe's, as in `compare`). Each comparison goes to
+OUT/<dataset>/lr<lr>-pyra<pyra_lr>/ with its run folders, compare.json and compare.csv; OUT/sweep.json
+lists every cell and its accuracies at the target level.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 from pyra.data.datasets import load_dataset
 from pyra.files import write_atomic
 from pyra.run.compare import run_compare
-from pyra.run.comparison import CompareConfig, CompareProgress
+from pyra.run.comparison import CompareConfig, CompareProgress, protocol_for
 from pyra.run.executors import Executor
 from pyra.run.recipes import DEFAULT_RECIPE, recipe
 
@@ -32,7 +32,7 @@ __all__ = ["SweepConfig", "SweepCell", "run_sweep", "OPTIONS", "SWEEP_FILE"]
 SWEEP_FILE = "sweep.json"
 OPTIONS = {  # option -> (type, default): every setting a sweep shares across its cells
     "backbone": (str, "default"), "img_size": (int, None), "schedule": (str, "high"), "recipe": (str, DEFAULT_RECIPE.name),
-    "epochs": (int, None), "batch_size": (int, None), "protocol": (str, "elastic"), "levels": (list, [0.0, 0.5, 1.0]),
+    "epochs": (int, None), "batch_size": (int, None), "protocol": (str, None), "levels": (list, [0.0, 0.5, 1.0]),
     "max_per_class": (int, None), "val_fraction": (float, 0.25), "split_seed": (int, 0), "bench_repeats": (int, 3),
 }
 
@@ -84,11 +84,11 @@ class SweepConfig:
         o = self.options
         chosen = recipe(o["recipe"])
         given = {"epochs": o["epochs"], "batch_size": o["batch_size"]}
-        train = replace(chosen.train, lr=cell.lr, pyra_lr=cell.pyra_lr, **{k: v for k, v in given.items() if v})
+        train = replace(chosen.train, lr=cell.lr, pyra_lr=cell.pyra_lr, **{k: v for k, v in given.items() if v is not None})
         return CompareConfig(backbone=o["backbone"], img_size=o["img_size"], schedule=o["schedule"],
                              lora_rank=chosen.lora_rank, lora_dropout=chosen.lora_dropout,
                              drop_path_rate=chosen.drop_path_rate, train=train, seeds=self.seeds,
-                             levels=tuple(float(f) for f in o["levels"]), protocol=o["protocol"],
+                             levels=tuple(float(f) for f in o["levels"]), protocol=o["protocol"] or protocol_for(train),
                              bench_repeats=o["bench_repeats"])
 
 
@@ -115,12 +115,13 @@ def run_sweep(config: SweepConfig, out_dir: Path, *, executor: Optional[Executor
     """
     out_dir = Path(out_dir)
     cells, summary = config.cells(out_dir), []
+    compare_configs = [config.compare_config(cell) for cell in cells]  # every cell's settings checked before any work
     o = config.options
-    for cell in cells:
+    for cell, compare_config in zip(cells, compare_configs):
         with tempfile.TemporaryDirectory(prefix="pyra-sweep-") as workdir:
             data = load_dataset(cell.dataset, Path(workdir), val_fraction=o["val_fraction"], seed=o["split_seed"],
                                 max_per_class=o["max_per_class"])
-            result = run_compare(data, config.compare_config(cell), cell.folder, executor=executor, cancel=cancel,
+            result = run_compare(data, compare_config, cell.folder, executor=executor, cancel=cancel,
                                  resume=True, on_progress=lambda p, c=cell: on_progress and on_progress(c, p))
         target = [row for row in result.rows if result.levels and row["level"] == result.levels[-1].index]
         summary.append({"dataset": cell.dataset, "lr": cell.lr, "pyra_lr": cell.pyra_lr,
