@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 from typing import Optional
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
 ARENAS = 2
 
 
+@functools.cache  # find_library runs ldconfig: once per process, not after every job
 def _libc() -> Optional[ctypes.CDLL]:
     name = ctypes.util.find_library("c")
     try:

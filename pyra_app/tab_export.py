@@ -73,7 +73,7 @@ def export_run(session: Optional[Session], run_key: Optional[str]) -> tuple:
     result = require_result(session)
     if not isinstance(run_key, str) or run_key not in result.run_dirs:
         raise UserError("Choose a run to export.")
-    name = f"pyra-{run_key.replace('@', '-seed').replace(':', '-')}.zip"
+    name = f"{_file_stem(run_key)}.zip"
     path = views.export_run_zip(Path(result.run_dirs[run_key]), session.workdir / "exports" / name)
     return str(path), views.python_snippet(run_key, name)
 
@@ -88,7 +88,7 @@ def export_onnx(session: Optional[Session], run_key: Optional[str], level: Optio
         raise UserError("Choose the compression level of the ONNX file.")
     budget = Budget.from_env()
     budget.check_disk(session.workdir, work_root())
-    name = f"pyra-{run_key.replace('@', '-seed').replace(':', '-')}-level{level + 1}.onnx"
+    name = f"{_file_stem(run_key)}-level{level + 1}.onnx"
     path = session.workdir / "exports" / name
     path.parent.mkdir(exist_ok=True)
     info = export_onnx_file(result.run_dirs[run_key], path, schedule=list(result.levels[level].schedule))
@@ -98,3 +98,8 @@ def export_onnx(session: Optional[Session], run_key: Optional[str], level: Optio
                           f"{size_text(budget.session_disk_bytes)}: reload the page to start a new session "
                           "(or raise PYRA_SESSION_DISK_MB)")
     return str(path), views.onnx_summary(info)
+
+
+def _file_stem(run_key: str) -> str:
+    """A download's name for a run: "pyra@0" -> "pyra-pyra-seed0", "tome@2:L1" -> "pyra-tome-seed2-L1"."""
+    return f"pyra-{run_key.replace('@', '-seed').replace(':', '-')}"
