@@ -17,8 +17,9 @@ from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = "random:vit_tiny_patch16_224"
-# backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, bench repeats
-TINY_TRAIN = (TINY_BACKBONE, None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1, "elastic")
+# backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, bench repeats,
+# protocol, validate after every epoch
+TINY_TRAIN = (TINY_BACKBONE, None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1, "elastic", True)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import gradio as gr
 
-__all__ = ["Number", "Slider", "Dropdown", "Radio", "Image", "StudioBlocks", "field_name"]
+__all__ = ["Number", "Slider", "Dropdown", "Radio", "Checkbox", "Image", "StudioBlocks", "field_name"]
 
 
 class Number(gr.Number):
@@ -39,6 +39,13 @@ class Dropdown(gr.Dropdown):
 
 class Radio(gr.Radio):
     """Radio buttons whose raw value reaches the handler (choices are checked there)."""
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class Checkbox(gr.Checkbox):
+    """A checkbox whose raw value reaches the handler (which accepts only true or false)."""
 
     def preprocess(self, payload: Any) -> Any:
         return payload

@@ -32,6 +32,7 @@ class TrainSettings:
     num_levels: int = 5
     bench_repeats: int = 5
     protocol: str = "elastic"  # see pyra.run.comparison: "elastic" or "per-level"
+    validate_every_epoch: bool = True  # False: validate each model after its last epoch only
 
 
 TRAIN_FIELDS = tuple(field.name for field in fields(TrainSettings))
@@ -158,6 +159,7 @@ def train_settings(values: Mapping[str, Any], budget: Budget = Budget()) -> Trai
         num_levels=_positive_int(raw["num_levels"], "compression levels", low=2, high=MAX_LEVELS),
         bench_repeats=_positive_int(raw["bench_repeats"], "speed measurement repeats", high=MAX_BENCH_REPEATS),
         protocol=_protocol(values.get("protocol", "elastic")),
+        validate_every_epoch=_flag(values.get("validate_every_epoch", True), "validate after every epoch"),
     )
 
 
@@ -171,6 +173,12 @@ def _protocol(value: Any) -> str:
     if not isinstance(value, str) or value not in PROTOCOLS:
         raise ValueError(f"training protocol: choose one of {', '.join(PROTOCOLS)}, got {value!r}")
     return str(value)
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: tick it or leave it empty (true or false), got {_shown(value)}")
+    return value
 
 
 def compare_config(settings: TrainSettings) -> CompareConfig:
@@ -192,7 +200,7 @@ def compare_config(settings: TrainSettings) -> CompareConfig:
         lora_dropout=DEFAULT_RECIPE.lora_dropout,
         drop_path_rate=DEFAULT_RECIPE.drop_path_rate,
         train=replace(DEFAULT_RECIPE.train, epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                      pyra_lr=settings.pyra_lr),
+                      pyra_lr=settings.pyra_lr, eval_every_epoch=settings.validate_every_epoch),
         seeds=settings.seeds,
         levels=levels,
         protocol=settings.protocol,

@@ -109,6 +109,10 @@ def test_train_settings_validate_and_build_a_compare_config():
     assert config.img_size == 32 and config.lora_rank == 2 and config.schedule == "high"
     assert compare_config(train_settings(dict(zip(TRAIN_FIELDS, ("default", None, 0, 4, 1, 8, 1e-3, 1e-3, "2.5", "0",
                                                                   2, 1))))).schedule == 2.5
+    assert config.train.eval_every_epoch  # validated after every epoch unless told otherwise
+    once = train_settings(dict(zip(TRAIN_FIELDS, ("default", None, 0, 4, 3, 8, 1e-3, 1e-3, "high", "0", 2, 1,
+                                                  "elastic", False))))
+    assert not compare_config(once).train.eval_every_epoch
 
 
 @pytest.mark.parametrize("field_name, kwargs, words", [
@@ -118,6 +122,7 @@ def test_train_settings_validate_and_build_a_compare_config():
     ("epochs", {"epochs": 1.5}, "epochs"),
     ("levels", {"num_levels": 1}, "compression levels"),
     ("schedule", {"schedule": "fast"}, "schedule"),
+    ("validate", {"validate_every_epoch": "yes"}, "validate after every epoch: tick it"),
 ])
 def test_bad_settings_name_the_control(field_name, kwargs, words):
     values = dict(backbone="default", weights=None, img_size=0, lora_rank=4, epochs=1, batch_size=8, lr=1e-3,
@@ -340,10 +345,11 @@ def test_the_quick_demo_trains_what_its_settings_say_without_dropout():
     config = compare_config(read_back)
     assert config.lora_dropout == 0.0 and config.drop_path_rate == 0.0
     assert config.train.lr == 1e-3 and config.train.epochs == 2 and config.levels == (0.0, 0.5, 1.0)
+    assert not config.train.eval_every_epoch  # each model validated once, after its last epoch
 
 
 @pytest.mark.parametrize("name, args", [("Number", ()), ("Slider", (0, 10)), ("Dropdown", (["a"],)),
-                                         ("Radio", (["a"],)), ("Image", ())])
+                                         ("Radio", (["a"],)), ("Checkbox", ()), ("Image", ())])
 def test_the_lenient_inputs_send_the_browser_every_property_of_their_gradio_component(name, args):
     """A property missing from a component's config breaks the page where it is drawn (an Image without
     `buttons` left the Token maps and Inside-a-layer tabs blank)."""

@@ -143,3 +143,36 @@ def test_the_apps_chart_draws_trained_points_and_labels_the_training_free_one(co
     model, _ = load_run(result.run_dirs["pyra@0"])
     _, predictions = evaluate(model, model_dataset(model, colour_dataset().val), result.classes, schedule=[0] * 12)
     assert level0["pyra"]["accuracy"] == pytest.approx(predictions.accuracy)
+
+
+def test_the_sweep_takes_each_trainings_last_validation_as_evaluating_its_folder_gives(tmp_path, monkeypatch):
+    """A training in this process hands its last validation (at its target) to the sweep, which then skips that
+    evaluation; resumed from the same folders (nothing trained, everything evaluated), the comparison is the same."""
+    import shutil
+
+    from pyra.run import compare
+
+    calls = []
+    real_evaluate = compare.evaluate
+    monkeypatch.setattr(compare, "evaluate", lambda *args, **kwargs: calls.append(kwargs) or real_evaluate(*args, **kwargs))
+    config = CompareConfig(
+        backbone="random:vit_tiny_patch16_224", img_size=32, schedule=2, lora_rank=2,
+        train=TrainConfig(epochs=2, batch_size=4, eval_every_epoch=False), levels=(0.0, 0.5, 1.0), bench_batch=2,
+        bench_repeats=1,
+    )
+    data = colour_dataset(per_class=9)
+    fresh = run_compare(data, config, tmp_path / "fresh")
+    fresh_calls, calls[:] = len(calls), []
+    shutil.copytree(tmp_path / "fresh", tmp_path / "again")
+    again = run_compare(data, config, tmp_path / "again", resume=True)
+    # every model at uncompressed, half and full merging, the uncompressed one's row once: 3 + 3 + 3 evaluations;
+    # the fresh run took the three trainings' own (LoRA uncompressed, ToMe and PYRA at the target)
+    assert (len(calls), fresh_calls) == (9, 6)
+    assert [h for h in again.histories.values()] == [h for h in fresh.histories.values()]  # nothing trained again
+    assert [(r["method"], r["level"], r["accuracy"]) for r in again.rows] == \
+        [(r["method"], r["level"], r["accuracy"]) for r in fresh.rows]
+    fresh_features, again_features = load_compare(fresh.out_dir).features(), load_compare(again.out_dir).features()
+    assert sorted(fresh_features) == sorted(again_features) == ["labels", "pyra", "tome", "tome_free", "uncompressed"]
+    for name, values in fresh_features.items():
+        np.testing.assert_allclose(again_features[name], values, rtol=0, atol=1e-6)
+    assert load_compare(again.out_dir).reports == load_compare(fresh.out_dir).reports

@@ -37,9 +37,9 @@ from pyra.run.comparison import (
     sweep_levels,
 )
 from pyra.run.executors import Executor, InProcess, TrainingJob
-from pyra.run.metrics import evaluate
+from pyra.run.metrics import classification_report, evaluate
 from pyra.run.one_run import make_run_config, model_dataset
-from pyra.run.predict import Cancelled
+from pyra.run.predict import Cancelled, Predictions
 from pyra.run.run_config import RunConfig
 from pyra.run.speed import measure_speed
 from pyra.run.train import Progress, TrainResult
@@ -111,8 +111,10 @@ def run_compare(
             message = f"{planned[key].label}: {results[key].message}"
             return _stopped(data, config, out_dir, histories, run_dirs, results[key].status, message)
     report(CompareProgress("accuracy", 0.9, "measuring accuracy and speed at every level"))
+    validated = {key: (_validated_at(planned[key].run_config), results[key].validation) for key in todo
+                 if results[key].validation is not None}
     try:
-        result = _sweep(data, config, out_dir, levels, geo, run_dirs, histories, report, cancel)
+        result = _sweep(data, config, out_dir, levels, geo, run_dirs, histories, validated, report, cancel)
     except Cancelled:
         return _stopped(data, config, out_dir, histories, run_dirs, "cancelled",
                         "cancelled by the user while measuring accuracy at every level")
@@ -189,11 +191,17 @@ def _training_job(data: DatasetSplit, config: CompareConfig, name: str, seed: in
     return TrainingJob(run_config, run_dir, f"{label}, seed {seed}")
 
 
+def _validated_at(run_config: RunConfig) -> tuple[str, tuple[int, ...]]:
+    """(merge method, schedule) a training validated its model at: its own, at its target."""
+    schedule = tuple(run_config.schedule)
+    return (run_config.method if any(schedule) else "none"), schedule
+
+
 def _sweep(data: DatasetSplit, config: CompareConfig, out_dir: Path, levels: list[Level], geo: VitGeometry,
-           run_dirs: dict[str, Path], histories: dict[str, list[dict]], report: Callable[[CompareProgress], None],
-           cancel: Optional[threading.Event]) -> CompareResult:
+           run_dirs: dict[str, Path], histories: dict[str, list[dict]], validated: dict[str, tuple[tuple, Predictions]],
+           report: Callable[[CompareProgress], None], cancel: Optional[threading.Event]) -> CompareResult:
     key_of = functools.partial(model_key, target_index=levels[-1].index, protocol=config.protocol)
-    correct, reports, features = _accuracies(data, config, levels, run_dirs, key_of, report, cancel)
+    correct, reports, features = _accuracies(data, config, levels, run_dirs, validated, key_of, report, cancel)
     stored = io.BytesIO()
     np.savez_compressed(stored, **features)
     write_atomic(out_dir / FEATURES_FILE, stored.getvalue())
@@ -240,11 +248,13 @@ def _speed_fields(stats: dict) -> dict:
 
 
 def _accuracies(data: DatasetSplit, config: CompareConfig, levels: list[Level], run_dirs: dict[str, Path],
-                key_of: Callable, report: Callable[[CompareProgress], None], cancel: Optional[threading.Event]):
+                validated: dict[str, tuple[tuple, Predictions]], key_of: Callable,
+                report: Callable[[CompareProgress], None], cancel: Optional[threading.Event]):
     """correct[level][method] = one boolean array per seed; reports and features at the target level, first seed.
 
     Each model is loaded once, evaluated at every level it serves, and dropped (per-level
-    comparisons hold many models).
+    comparisons hold many models). `validated[key]` = ((merge method, schedule), predictions with
+    features) of a training that ran in this process: that evaluation is taken as it is, not run again.
     """
     plan: dict[str, list[tuple[Level, int, str, str]]] = {}  # model key -> (level, seed, row name, merge method)
     for level in levels:
@@ -256,15 +266,19 @@ def _accuracies(data: DatasetSplit, config: CompareConfig, levels: list[Level], 
     features: dict[str, np.ndarray] = {}
     target, first_seed = levels[-1], config.seeds[0]
     for done, (key, uses) in enumerate(plan.items()):
-        model = load_run(run_dirs[key])[0].to(config.device)
-        val_set = model_dataset(model, data.val)
+        model = None  # loaded when an evaluation is not in the cache
         cache: dict[tuple, tuple] = {}  # one evaluation per (method, schedule): the uncompressed one runs once
+        if key in validated:
+            at, predictions = validated[key]
+            cache[at] = classification_report(predictions, data.classes), predictions
         for level, seed, name, method in uses:
             schedule = tuple(level.schedule) if name != "uncompressed" else (0,) * len(level.schedule)
             merge_method = method if any(schedule) else "none"
             if (merge_method, schedule) not in cache:  # features come from the same forward: keep the first seed's
+                if model is None:
+                    model = load_run(run_dirs[key])[0].to(config.device)
                 cache[(merge_method, schedule)] = evaluate(  # at the training batch: within the memory estimate
-                    model, val_set, data.classes, schedule=list(schedule), method=merge_method,
+                    model, model_dataset(model, data.val), data.classes, schedule=list(schedule), method=merge_method,
                     with_features=seed == first_seed, batch_size=config.train.forward_batch, cancel=cancel)
             evaluation, predictions = cache[(merge_method, schedule)]
             at_target = level is target and seed == first_seed

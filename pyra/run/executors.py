@@ -13,7 +13,7 @@ measured in one process, interleaved, never across machines. Ray is imported onl
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
@@ -130,12 +130,14 @@ class RayExecutor:
 
 def _train_task(data: DatasetSplit, run_config: RunConfig, run_dir: str, device: Optional[str],
                 threads: int) -> TrainResult:
-    """One training inside a Ray worker, at the task's CPU count (as the in-process run uses its threads)."""
+    """One training inside a Ray worker, at the task's CPU count (as the in-process run uses its threads).
+
+    Its validation predictions stay behind: the caller's sweep evaluates the run folder on its own machine."""
     import torch
 
     torch.set_num_threads(threads)
     _, result, _ = train_run(data, run_config, Path(run_dir), device=device, make_parents=False)
-    return result
+    return replace(result, validation=None)
 
 
 def _import_ray() -> Any:

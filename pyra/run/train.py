@@ -146,7 +146,8 @@ class TrainResult:
     epochs: list[dict] = field(default_factory=list)  # per epoch: epoch, step, train_loss, val_accuracy
     elastic: ElasticMode = "off"  # the mode applied: "off" for a model that does not merge
     head_start: Optional[HeadStart] = None  # None when turned off (or the run was cancelled before it)
-    validation: Optional[Predictions] = None  # the last validation's predictions, at the target (None: never ran)
+    validation: Optional[Predictions] = None  # the last validation's predictions and features [n, D], at the
+    # target (None: never ran); a comparison's sweep uses them instead of predicting the same images again
 
     @property
     def val_accuracy(self) -> Optional[float]:
@@ -276,7 +277,7 @@ class _Loop:
         if self.val_set is not None and (self.config.eval_every_epoch or epoch == self.config.epochs):
             set_schedule(self.model, self.target)  # validated at the target level
             self.validation = predict(self.model, self.val_set, batch_size=self.config.forward_batch,
-                                      cancel=self.cancel)
+                                      with_features=True, cancel=self.cancel)
             summary["val_accuracy"] = self.validation.accuracy
             self.on_progress(self._progress(epoch, val_accuracy=summary["val_accuracy"]))
         return None
