@@ -168,7 +168,7 @@ def test_the_sweep_takes_each_trainings_last_validation_as_evaluating_its_folder
     # every model at uncompressed, half and full merging, the uncompressed one's row once: 3 + 3 + 3 evaluations;
     # the fresh run took the three trainings' own (LoRA uncompressed, ToMe and PYRA at the target)
     assert (len(calls), fresh_calls) == (9, 6)
-    assert [h for h in again.histories.values()] == [h for h in fresh.histories.values()]  # nothing trained again
+    assert list(again.histories.values()) == list(fresh.histories.values())  # nothing trained again
     assert [(r["method"], r["level"], r["accuracy"]) for r in again.rows] == \
         [(r["method"], r["level"], r["accuracy"]) for r in fresh.rows]
     fresh_features, again_features = load_compare(fresh.out_dir).features(), load_compare(again.out_dir).features()

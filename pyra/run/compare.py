@@ -191,10 +191,14 @@ def _training_job(data: DatasetSplit, config: CompareConfig, name: str, seed: in
     return TrainingJob(run_config, run_dir, f"{label}, seed {seed}")
 
 
+def _evaluation_key(method: str, schedule: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """(merge method, schedule) of one evaluation: a schedule that merges nothing runs unmerged."""
+    return (method if any(schedule) else "none"), schedule
+
+
 def _validated_at(run_config: RunConfig) -> tuple[str, tuple[int, ...]]:
-    """(merge method, schedule) a training validated its model at: its own, at its target."""
-    schedule = tuple(run_config.schedule)
-    return (run_config.method if any(schedule) else "none"), schedule
+    """The evaluation a training's own validation is: its method, at its target."""
+    return _evaluation_key(run_config.method, tuple(run_config.schedule))
 
 
 def _sweep(data: DatasetSplit, config: CompareConfig, out_dir: Path, levels: list[Level], geo: VitGeometry,
@@ -266,21 +270,22 @@ def _accuracies(data: DatasetSplit, config: CompareConfig, levels: list[Level], 
     features: dict[str, np.ndarray] = {}
     target, first_seed = levels[-1], config.seeds[0]
     for done, (key, uses) in enumerate(plan.items()):
-        model = None  # loaded when an evaluation is not in the cache
+        model = val_set = None  # loaded when an evaluation is not in the cache
         cache: dict[tuple, tuple] = {}  # one evaluation per (method, schedule): the uncompressed one runs once
         if key in validated:
             at, predictions = validated[key]
             cache[at] = classification_report(predictions, data.classes), predictions
         for level, seed, name, method in uses:
             schedule = tuple(level.schedule) if name != "uncompressed" else (0,) * len(level.schedule)
-            merge_method = method if any(schedule) else "none"
-            if (merge_method, schedule) not in cache:  # features come from the same forward: keep the first seed's
+            at = _evaluation_key(method, schedule)
+            if at not in cache:  # features come from the same forward: keep the first seed's
                 if model is None:
                     model = load_run(run_dirs[key])[0].to(config.device)
-                cache[(merge_method, schedule)] = evaluate(  # at the training batch: within the memory estimate
-                    model, model_dataset(model, data.val), data.classes, schedule=list(schedule), method=merge_method,
+                    val_set = model_dataset(model, data.val)
+                cache[at] = evaluate(  # at the training batch: within the memory estimate
+                    model, val_set, data.classes, schedule=list(at[1]), method=at[0],
                     with_features=seed == first_seed, batch_size=config.train.forward_batch, cancel=cancel)
-            evaluation, predictions = cache[(merge_method, schedule)]
+            evaluation, predictions = cache[at]
             at_target = level is target and seed == first_seed
             correct[level.index].setdefault(name, {})[seed] = predictions.correct
             if at_target:
