@@ -132,7 +132,7 @@ def test_bad_settings_name_the_control(field_name, kwargs, words):
 
 
 def test_train_without_data_is_a_readable_error():
-    generator = tab_train.train(fake_request(), None, "default", None, 0, 4, 1, 8, 1e-3, 1e-3, "high", "0", 3, 1, "elastic")
+    generator = tab_train.train(fake_request(), None, "default", None, 0, 4, 1, 8, 1e-3, 1e-3, "high", "0", 3, 1, "elastic", True)
     with pytest.raises(gr.Error, match="No dataset yet"):
         next(generator)
 
@@ -301,7 +301,7 @@ def test_engine_error_during_training_reaches_status_and_popup(monkeypatch):
     monkeypatch.setattr("pyra.backbones.factory._hub_unreachable", lambda timeout_s=3.0: True)  # no hub: fails at build
     session = tab_data.load_sample(None, "textures", 6, 0.25, fake_request())[0]
     updates = tab_train.train(fake_request(), session, "vit_tiny_patch16_224", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
-                             "elastic")
+                             "elastic", True)
     statuses = []
     with pytest.raises(gr.Error) as caught:
         for _, status, _ in updates:
@@ -314,7 +314,7 @@ def test_engine_error_during_training_reaches_status_and_popup(monkeypatch):
 def test_a_backbone_that_does_not_exist_is_refused_before_training_starts():
     session = tab_data.load_sample(None, "textures", 6, 0.25, fake_request())[0]
     updates = tab_train.train(fake_request(), session, "vit_does_not_exist", None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1,
-                             "elastic")
+                             "elastic", True)
     with pytest.raises(gr.Error) as caught:
         next(updates)
     assert "not a timm model name" in caught.value.message and not session.busy and session.runs == 0

@@ -33,12 +33,13 @@ from pyra_app import jobs, tab_data, tab_train
 from pyra_app.budget import Budget, BudgetError, folder_bytes
 from pyra_app.messages import public_text
 from pyra_app.session import MARKER, open_session, sweep_idle_sessions
+from pyra_app.settings import TRAIN_FIELDS
 
 MB = 2**20
 LIMITS = {"PYRA_SESSION_DISK_MB": "8", "PYRA_MAX_TRAININGS": "6", "PYRA_MAX_IMG_SIZE": "128",
           "PYRA_MAX_BATCH": "32", "PYRA_MAX_INPUT_IMAGE_MB": "2"}
-# backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, repeats, protocol
-TRAIN = ["default", None, 0, 4, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1, "elastic"]
+TRAIN = ["default", None, 0, 4, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1, "elastic", True]
+assert len(TRAIN) == len(TRAIN_FIELDS), "one value per Train tab control, in TRAIN_FIELDS order"
 
 
 # ---------------------------------------------------------------- raw HTTP, no heartbeat
@@ -145,10 +146,8 @@ def test_previews_are_thumbnails_and_big_images_do_not_cost_gigabytes(app):
 def test_what_a_training_request_asks_for_is_checked_before_work_starts(app, field, value, expected):
     client = RawClient(app.url)
     assert client.call("load_sample", "textures", 6, 0.25)[0] == "complete"
-    names = ["backbone", "weights", "img_size", "lora_rank", "epochs", "batch_size", "lr", "pyra_lr", "schedule",
-             "seeds", "num_levels", "bench_repeats", "protocol"]
     request = list(TRAIN)
-    request[names.index(field)] = value
+    request[TRAIN_FIELDS.index(field)] = value
     started = time.monotonic()
     kind, message = client.call("train", *request)
     assert kind == "error" and expected in message, message
@@ -259,7 +258,7 @@ def test_a_job_stops_at_its_time_limit_and_says_so(work_root, monkeypatch):
     request = SimpleNamespace(session_hash="slow")
     session = tab_data.load_sample(None, "textures", 40, 0.25, request)[0]
     updates = tab_train.train(request, session, "random:vit_tiny_patch16_224", None, 32, 2, 50, 4, 1e-3, 1e-3, "high", "0",
-                             2, 1, "elastic")
+                             2, 1, "elastic", True)
     started = time.monotonic()
     statuses = [status for _, status, _ in updates]
     assert statuses[-1].startswith("**Stopped**: the job reached its time limit of") and "PYRA_JOB_MINUTES" in \
