@@ -1,6 +1,7 @@
 """The app as a subprocess for benchmarks and tests: `serve_app` starts `python app.py` on a free port of
 127.0.0.1 with its own work folders and stops it afterwards; `TINY_TRAIN` is the smallest training
-the /train API takes (a random-init ViT-Tiny at 32 px, one epoch, two levels, one speed repeat)."""
+the /train API takes (a random-init ViT-Tiny at 32 px, one epoch, two levels, one speed repeat), as the
+Train tab's control values; `TINY_SETTINGS` the same as settings, to vary with `dataclasses.replace`."""
 from __future__ import annotations
 
 import contextlib
@@ -15,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from pyra_app.settings import TrainSettings, control_values
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = "random:vit_tiny_patch16_224"
-# backbone, weights, img_size, lora_rank, epochs, batch_size, lr, pyra_lr, schedule, seeds, levels, bench repeats,
-# protocol, validate after every epoch
-TINY_TRAIN = (TINY_BACKBONE, None, 32, 2, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1, "elastic", True)
+TINY_SETTINGS = TrainSettings(backbone=TINY_BACKBONE, img_size=32, lora_rank=2, epochs=1, batch_size=8, lr=1e-3,
+                              pyra_lr=1e-3, schedule="high", seeds=(0,), num_levels=2, bench_repeats=1)
+TINY_TRAIN = control_values(TINY_SETTINGS)
 
 
 @dataclass(frozen=True)

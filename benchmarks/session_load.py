@@ -29,23 +29,24 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
-from benchmarks.app_server import TINY_BACKBONE, TINY_TRAIN, App, serve_app
+from benchmarks.app_server import TINY_SETTINGS, TINY_TRAIN, App, serve_app
 from benchmarks.zips import colour_zip
 from pyra.files import size_text
 from pyra.report.tables import machine_info, markdown_table, write_section
 from pyra_app.budget import folder_bytes
 from pyra_app.session import session_dir_name
+from pyra_app.settings import control_values
 
 REPO = Path(__file__).resolve().parents[1]
 
 # 50 epochs of 3 steps of 32 images at 144 px. A step (over a second on 2 shared cores, one thread)
 # must last longer than the status line's update interval (0.5 s): the step shown when Stop is
 # pressed is then the last finished one, and "one more step at most" can be checked from outside
-LONG_TRAIN = (TINY_BACKBONE, None, 144, 2, 50, 32, 1e-3, 1e-3, "high", "0", 2, 1, "elastic")
+LONG_TRAIN = control_values(replace(TINY_SETTINGS, img_size=144, epochs=50, batch_size=32))
 SESSIONS = (  # name, role, classes: every class set differs, so cross-talk shows as foreign class names
     ("trainer-1", "trainer", ("red", "green", "blue")),
     ("viewer-1", "viewer", ("north", "south", "east", "west")),

@@ -39,6 +39,7 @@ from pyra.files import size_text
 from pyra.report.tables import machine_info, markdown_table, write_section
 from pyra.run.plan import largest_forward_batch, micro_batch_for, training_memory_bytes
 from pyra_app.budget import Budget, folder_bytes
+from pyra_app.settings import TrainSettings, control_values
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +97,7 @@ def measure(quick: bool) -> dict[str, Any]:
     budget = Budget.from_env()
     side = int(DEFAULT_MAX_IMAGE_PIXELS ** 0.5) if not quick else 3000
     classes = 4 if quick else 25
-    seeds = ", ".join(map(str, range(budget.max_trainings // 3)))
+    seeds = tuple(range(budget.max_trainings // 3))
     folder = Path(tempfile.mkdtemp(prefix="space-abuse-"))
     report: dict[str, Any] = {"limits": {k: v for k, v in budget.__dict__.items()}, "job_minutes": JOB_MINUTES,
                               "heavy_trainings": []}
@@ -112,7 +113,9 @@ def measure(quick: bool) -> dict[str, Any]:
         visitor_a.call("load_sample", "fashion", 0, 0.25)
         for index, (img_size, batch) in enumerate(heavy_requests(budget)):
             heavy: dict[str, Any] = {}
-            request = ["default", None, img_size, 4, 50, batch, 1e-3, 5e-4, "high", seeds, 2, 1, "elastic"]
+            request = list(control_values(TrainSettings(img_size=img_size, lora_rank=4, epochs=50, batch_size=batch,
+                                                        lr=1e-3, pyra_lr=5e-4, seeds=seeds, num_levels=2,
+                                                        bench_repeats=1)))
             thread = threading.Thread(target=run_heavy, args=(app, visitor_a, request, heavy))
             thread.start()
             if index == 0:

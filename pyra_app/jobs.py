@@ -23,7 +23,7 @@ from pyra_app import memory, views
 from pyra_app.budget import Budget, folder_bytes
 from pyra_app.session import Session, touch
 
-UPDATE_EVERY_S = 1.0  # the follower yields the status line at most this often
+UPDATE_EVERY_S = 0.5  # the follower yields the status line at most this often
 CHART_EVERY_S = 5.0  # ... and the loss chart at most this often (each a new figure, built and drawn)
 JOB_CHECK_EVERY_S = 5.0  # a running job's disk use is measured (and its session touched) at most this often
 STARTING = "**Starting**: building the models..."

@@ -33,13 +33,13 @@ from pyra_app import jobs, tab_data, tab_train
 from pyra_app.budget import Budget, BudgetError, folder_bytes
 from pyra_app.messages import public_text
 from pyra_app.session import MARKER, open_session, sweep_idle_sessions
-from pyra_app.settings import TRAIN_FIELDS
+from pyra_app.settings import TRAIN_FIELDS, TrainSettings, control_values
 
 MB = 2**20
 LIMITS = {"PYRA_SESSION_DISK_MB": "8", "PYRA_MAX_TRAININGS": "6", "PYRA_MAX_IMG_SIZE": "128",
           "PYRA_MAX_BATCH": "32", "PYRA_MAX_INPUT_IMAGE_MB": "2"}
-TRAIN = ["default", None, 0, 4, 1, 8, 1e-3, 1e-3, "high", "0", 2, 1, "elastic", True]
-assert len(TRAIN) == len(TRAIN_FIELDS), "one value per Train tab control, in TRAIN_FIELDS order"
+TRAIN = list(control_values(TrainSettings(lora_rank=4, epochs=1, batch_size=8, lr=1e-3, pyra_lr=1e-3, num_levels=2,
+                                          bench_repeats=1)))
 
 
 # ---------------------------------------------------------------- raw HTTP, no heartbeat
