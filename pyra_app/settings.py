@@ -33,6 +33,7 @@ class TrainSettings:
     bench_repeats: int = 5
     protocol: str = "elastic"  # see pyra.run.comparison: "elastic" or "per-level"
     validate_every_epoch: bool = True  # False: validate each model after its last epoch only
+    head_start_c: float = DEFAULT_RECIPE.train.head_start_c  # the head start's inverse L2 strength (TrainConfig)
 
 
 TRAIN_FIELDS = tuple(field.name for field in fields(TrainSettings))
@@ -160,6 +161,8 @@ def train_settings(values: Mapping[str, Any], budget: Budget = Budget()) -> Trai
         bench_repeats=_positive_int(raw["bench_repeats"], "speed measurement repeats", high=MAX_BENCH_REPEATS),
         protocol=_protocol(values.get("protocol", "elastic")),
         validate_every_epoch=_flag(values.get("validate_every_epoch", True), "validate after every epoch"),
+        head_start_c=_positive_float(values.get("head_start_c", DEFAULT_RECIPE.train.head_start_c),
+                                     "head start C"),
     )
 
 
@@ -200,7 +203,8 @@ def compare_config(settings: TrainSettings) -> CompareConfig:
         lora_dropout=DEFAULT_RECIPE.lora_dropout,
         drop_path_rate=DEFAULT_RECIPE.drop_path_rate,
         train=replace(DEFAULT_RECIPE.train, epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                      pyra_lr=settings.pyra_lr, eval_every_epoch=settings.validate_every_epoch),
+                      pyra_lr=settings.pyra_lr, eval_every_epoch=settings.validate_every_epoch,
+                      head_start_c=settings.head_start_c),
         seeds=settings.seeds,
         levels=levels,
         protocol=settings.protocol,

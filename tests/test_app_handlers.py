@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pyra.run.recipes import DEFAULT_RECIPE
 from pyra_app import image_picker, tab_compare, tab_data, tab_train, views
 from pyra_app.session import (
     MARKER,
@@ -113,6 +114,10 @@ def test_train_settings_validate_and_build_a_compare_config():
     once = train_settings(dict(zip(TRAIN_FIELDS, ("default", None, 0, 4, 3, 8, 1e-3, 1e-3, "high", "0", 2, 1,
                                                   "elastic", False))))
     assert not compare_config(once).train.eval_every_epoch
+    assert config.train.head_start_c == DEFAULT_RECIPE.train.head_start_c  # the recipe's unless told otherwise
+    probe_like = train_settings(dict(zip(TRAIN_FIELDS, ("default", None, 0, 4, 3, 8, 1e-3, 1e-3, "high", "0", 2, 1,
+                                                        "elastic", True, "1"))))
+    assert compare_config(probe_like).train.head_start_c == 1.0
 
 
 @pytest.mark.parametrize("field_name, kwargs, words", [
@@ -123,6 +128,8 @@ def test_train_settings_validate_and_build_a_compare_config():
     ("levels", {"num_levels": 1}, "compression levels"),
     ("schedule", {"schedule": "fast"}, "schedule"),
     ("validate", {"validate_every_epoch": "yes"}, "validate after every epoch: tick it"),
+    ("head start C", {"head_start_c": 0}, "head start C: must be a positive number"),
+    ("head start C", {"head_start_c": float("nan")}, "head start C: must be a finite number"),
 ])
 def test_bad_settings_name_the_control(field_name, kwargs, words):
     values = dict(backbone="default", weights=None, img_size=0, lora_rank=4, epochs=1, batch_size=8, lr=1e-3,

@@ -186,10 +186,24 @@ def test_train_memory_quick_estimate_covers_what_it_measures(tmp_path: Path) -> 
 def test_quick_demo_recipe_quick_covers_its_grid(tmp_path: Path) -> None:
     run_script("quick_demo_recipe.py", "--quick", "--out", str(tmp_path))
     report = json.loads((tmp_path / "results" / "quick_demo_recipe.json").read_text())
-    assert [(cell["split_seed"], cell["lr"]) for cell in report["cells"]] == [(1, 1e-3), (1, 3e-3)]
-    assert report["chosen_lr"] in (1e-3, 3e-3)
+    assert [(cell["split_seed"], cell["lr"], cell["head_start_c"]) for cell in report["cells"]] == [
+        (1, 1e-3, 0.05), (1, 1e-3, 1.0), (1, 3e-3, 0.05), (1, 3e-3, 1.0)]
+    assert set(report["probe"]["1"]) == {"0.0", "0.5", "1.0"}
     for cell in report["cells"]:
         assert set(cell["tome"]) == set(cell["pyra"]) == {"0.0", "0.5", "1.0"} and set(cell["none"]) == {"0.0"}
+    for summary in report["summary"].values():  # one split: each margin is that split's accuracy minus its probe's
+        cell = next(c for c in report["cells"] if (c["lr"], c["head_start_c"]) == (summary["lr"], summary["head_start_c"]))
+        expected = {f"{m}@{f}": round(cell[m][f] - report["probe"]["1"][f], 2) for m in cell if m in ("none", "tome", "pyra")
+                    for f in cell[m]}
+        assert summary["margin_over_probe"] == pytest.approx(expected)
+        assert summary["worst_margin_over_probe"] == pytest.approx(min(expected.values()))
+    chosen = next(s for s in report["summary"].values()
+                  if (s["lr"], s["head_start_c"]) == (report["chosen"]["lr"], report["chosen"]["head_start_c"]))
+    clear = [s for s in report["summary"].values() if s["worst_margin_over_probe"] >= 0]
+    if clear:
+        assert chosen["mean_accuracy"] == max(s["mean_accuracy"] for s in clear) and chosen in clear
+    else:
+        assert chosen["worst_margin_over_probe"] == max(s["worst_margin_over_probe"] for s in report["summary"].values())
 
 
 def test_space_abuse_quick_holds_its_bounds(tmp_path: Path) -> None:
