@@ -1,6 +1,6 @@
 """Choose the Quick demo's learning rate and head-start C on tuning splits the Quick demo never reports.
 
-    python benchmarks/quick_demo_recipe.py            # 6 splits x 2 learning rates x 2 C, ~30 min on 2 cores
+    python benchmarks/quick_demo_recipe.py            # 6 splits x 2 learning rates x 2 C, ~45 min on 2 cores
     python benchmarks/quick_demo_recipe.py --quick    # random ViT-Tiny, 1 split, 1 epoch (~1 min)
 
 The Quick demo trains for about 14 optimiser steps (100 training images, batch 16, 2 epochs),
