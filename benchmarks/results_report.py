@@ -116,8 +116,8 @@ def quick_demo_recipe_section(report: dict) -> list[str]:
             "so its learning rate and the head start's C were chosen on its own data and settings, split with seeds "
             "the demo does not use (it reports split seed 0). Accuracy % of each model uncompressed / at half the "
             "target / at the target (one seed each, 300 validation images). Each model's margin over the probe is "
-            "taken at the levels it was trained for and averaged over the two splits; the choice is the highest mean "
-            "accuracy among the settings never below the probe, else the smallest shortfall. "
+            f"taken at the levels it was trained for and averaged over the {len(report['probe'])} splits; the choice is "
+            "the highest mean accuracy among the settings never below the probe, else the smallest shortfall. "
             f"{summary}; chosen: **lr {chosen['lr']:g}, C {chosen['head_start_c']:g}**.", "",
             markdown_table(["split seed", "lr", "C", "model", "accuracy % (levels 0 / 0.5 / 1)"], rows), ""]
 

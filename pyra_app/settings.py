@@ -159,10 +159,10 @@ def train_settings(values: Mapping[str, Any], budget: Budget = Budget()) -> Trai
         seeds=parse_seeds(_text(raw["seeds"], "seeds", "0", limit=MAX_SEEDS_TEXT)),
         num_levels=_positive_int(raw["num_levels"], "compression levels", low=2, high=MAX_LEVELS),
         bench_repeats=_positive_int(raw["bench_repeats"], "speed measurement repeats", high=MAX_BENCH_REPEATS),
-        protocol=_protocol(values.get("protocol", "elastic")),
-        validate_every_epoch=_flag(values.get("validate_every_epoch", True), "validate after every epoch"),
-        head_start_c=_positive_float(values.get("head_start_c", DEFAULT_RECIPE.train.head_start_c),
-                                     "head start C"),
+        protocol=_protocol(values.get("protocol", TrainSettings.protocol)),
+        validate_every_epoch=_flag(values.get("validate_every_epoch", TrainSettings.validate_every_epoch),
+                                   "validate after every epoch"),
+        head_start_c=_positive_float(values.get("head_start_c", TrainSettings.head_start_c), "head start C"),
     )
 
 
