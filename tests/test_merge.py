@@ -33,11 +33,12 @@ def reference_merge(x, size, matching, modulate=None):
 
 @pytest.mark.parametrize("num_protected", [0, 1, 2, 5])
 @pytest.mark.parametrize("num_tokens", [17, 20])
-def test_merge_weighted_matches_the_loop(num_protected, num_tokens):
+@pytest.mark.parametrize("batch", [1, 3])  # one image takes the direct row indexing
+def test_merge_weighted_matches_the_loop(num_protected, num_tokens, batch):
     torch.manual_seed(num_tokens + num_protected)
-    x = torch.randn(3, num_tokens, 8, dtype=torch.float64)
-    size = torch.randint(1, 4, (3, num_tokens, 1)).double()
-    metric = torch.randn(3, num_tokens, 4)
+    x = torch.randn(batch, num_tokens, 8, dtype=torch.float64)
+    size = torch.randint(1, 4, (batch, num_tokens, 1)).double()
+    metric = torch.randn(batch, num_tokens, 4)
     metric[:, 4] = metric[:, 7]  # a sure match, and several sources may share a destination
     matching = bipartite_soft_matching(metric, 6, num_protected)
     got_x, got_size = merge_weighted(matching, x, size)
@@ -46,14 +47,15 @@ def test_merge_weighted_matches_the_loop(num_protected, num_tokens):
     torch.testing.assert_close(got_x, want_x)
 
 
-def test_pyra_modulated_merge_matches_the_loop():
+@pytest.mark.parametrize("batch", [1, 2])
+def test_pyra_modulated_merge_matches_the_loop(batch):
     torch.manual_seed(0)
     modulator = TokenModulator(5, 8).double()
     with torch.no_grad():
         modulator.w_d.normal_(0, 1.0)
-    x = torch.randn(2, 21, 8, dtype=torch.float64)
-    size = torch.randint(1, 4, (2, 21, 1)).double()
-    matching = bipartite_soft_matching(torch.randn(2, 21, 4), 5, 1)
+    x = torch.randn(batch, 21, 8, dtype=torch.float64)
+    size = torch.randint(1, 4, (batch, 21, 1)).double()
+    matching = bipartite_soft_matching(torch.randn(batch, 21, 4), 5, 1)
     got_x, _ = merge_weighted(matching, x, size, modulator)
     # the loop modulates one source at a time, so give it the gates the batched call computes
     channel_gate, token_gate = modulator.gates(
@@ -61,7 +63,7 @@ def test_pyra_modulated_merge_matches_the_loop():
         x.gather(1, (2 * matching.dst_idx + 1)[..., None].expand(-1, -1, 8))
         * size.gather(1, (2 * matching.dst_idx + 1)[..., None]),
     )
-    calls = iter([(b, i) for b in range(2) for i in range(5)])
+    calls = iter([(b, i) for b in range(batch) for i in range(5)])
 
     def one_source(src, dst):
         b, i = next(calls)
@@ -83,10 +85,10 @@ def test_matching_respects_protection_and_cap():
     torch.testing.assert_close(source.sum(1), torch.ones(2, 11))
 
 
-def test_matching_order_equals_a_stable_descending_argsort_with_ties() -> None:
-    """The pairwise ranking (exportable to ONNX) picks the same sources, in the same order, and the
+def test_matching_order_in_an_export_equals_a_stable_descending_argsort_with_ties(monkeypatch) -> None:
+    """The pairwise ranking an ONNX export uses picks the same sources, in the same order, and the
     same kept tokens as torch's stable argsort, also when scores tie (blank patches) or are -inf."""
-    from pyra.method.merge import _descending_rank, _positions_by_slot
+    from pyra.method.merge import _split_by_score
 
     generator = torch.Generator().manual_seed(0)
     for _ in range(200):
@@ -95,6 +97,10 @@ def test_matching_order_equals_a_stable_descending_argsort_with_ties() -> None:
         values[values == -3] = -math.inf
         order = values.argsort(dim=1, descending=True, stable=True)
         r = int(torch.randint(0, width + 1, (), generator=generator))
-        kept = _descending_rank(values) >= r
-        assert torch.equal(_positions_by_slot(_descending_rank(values), ~kept, r), order[:, :r])
-        assert torch.equal(_positions_by_slot(kept.cumsum(1) - 1, kept, width - r), order[:, r:].sort(dim=1).values)
+        with monkeypatch.context() as patched:
+            patched.setattr(torch.compiler, "is_exporting", lambda: True)
+            exported_src, exported_kept = _split_by_score(values, r)
+        assert torch.equal(exported_src, order[:, :r])
+        assert torch.equal(exported_kept, order[:, r:].sort(dim=1).values)
+        eager_src, eager_kept = _split_by_score(values, r)
+        assert torch.equal(eager_src, exported_src) and torch.equal(eager_kept, exported_kept)

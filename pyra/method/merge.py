@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 Modulate = Callable[[Tensor, Tensor], Tensor]
@@ -65,24 +64,35 @@ def _positions_by_slot(slot: Tensor, taken: Tensor, count: int) -> Tensor:
     return slot.new_zeros(slot.shape[0], count + 1).scatter(1, index, positions)[:, :count]
 
 
+def _split_by_score(best_score: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """best_score: [B, N_A] -> (the r best positions, most similar first [B, r]; the others,
+    ascending [B, N_A - r]); ties go to the earlier position. Eager runs torch's stable argsort;
+    an ONNX export counts the same order pairwise (ONNX has no stable sort)."""
+    if torch.compiler.is_exporting():
+        rank = _descending_rank(best_score)  # [B, N_A]
+        kept = rank >= r
+        return _positions_by_slot(rank, ~kept, r), _positions_by_slot(kept.cumsum(dim=1) - 1, kept, rank.shape[1] - r)
+    order = best_score.argsort(dim=1, descending=True, stable=True)
+    return order[:, :r], order[:, r:].sort(dim=1).values
+
+
 @torch.no_grad()
 def bipartite_soft_matching(metric: Tensor, r: int, num_protected: int) -> Matching:
     """metric: [B, N, Ck] (keys averaged over heads) -> Matching of min(r, max_merge) pairs."""
-    batch, num_tokens, _ = metric.shape
-    r = min(r, max_merge(num_tokens, num_protected))
-    metric = F.normalize(metric.float(), dim=-1)
-    a, b = metric[:, ::2], metric[:, 1::2]
-    scores = a @ b.transpose(-1, -2)  # [B, N_A, N_B]
-    scores[:, : math.ceil(num_protected / 2), :] = -math.inf  # protected A tokens: even positions < P
-    scores[:, :, : num_protected // 2] = -math.inf  # protected B tokens: odd positions < P
+    r = min(r, max_merge(metric.shape[1], num_protected))
+    metric = metric.float()
+    metric = metric / torch.linalg.vector_norm(metric, dim=-1, keepdim=True).clamp_min(1e-12)  # as F.normalize
+    scores = metric[:, ::2] @ metric[:, 1::2].transpose(-1, -2)  # [B, N_A, N_B]
+    if num_protected > 0:  # protected A tokens: even positions < P
+        scores.narrow(1, 0, math.ceil(num_protected / 2)).fill_(-math.inf)
+    if num_protected > 1:  # protected B tokens: odd positions < P
+        scores.narrow(2, 0, num_protected // 2).fill_(-math.inf)
     best_score, best_dst = scores.max(dim=-1)  # [B, N_A]
-    rank = _descending_rank(best_score)  # [B, N_A]
-    kept = rank >= r
-    src_idx = _positions_by_slot(rank, ~kept, r)  # most similar first
+    src_idx, unm_idx = _split_by_score(best_score, r)
     return Matching(
         src_idx=src_idx,
         dst_idx=best_dst.gather(1, src_idx),
-        unm_idx=_positions_by_slot(kept.cumsum(dim=1) - 1, kept, rank.shape[1] - r),  # ascending
+        unm_idx=unm_idx,
         scores=best_score.gather(1, src_idx),
         num_protected=num_protected,
     )
@@ -126,25 +136,40 @@ def merge(
     return _assemble(unmerged, b, matching.num_protected)
 
 
-def _kept_positions(matching: Matching, num_tokens: int) -> Tensor:
-    """[B, N - r] positions in the input of the tokens that stay, in output order."""
-    batch = matching.unm_idx.shape[0]
-    b_positions = torch.arange(1, num_tokens, 2, device=matching.unm_idx.device).expand(batch, -1)
-    return _assemble((2 * matching.unm_idx)[..., None], b_positions[..., None], matching.num_protected)[..., 0]
+def _kept_positions(matching: Matching, num_tokens: int) -> list[Tensor]:
+    """Positions in the input of the tokens that stay, in output order, as [B, *] parts to
+    concatenate (protected first, then the other kept A tokens, then the B tokens)."""
+    a_positions = 2 * matching.unm_idx  # [B, N_A - r]
+    b_positions = torch.arange(1, num_tokens, 2, device=a_positions.device).expand(a_positions.shape[0], -1)
+    num_a, num_b = math.ceil(matching.num_protected / 2), matching.num_protected // 2
+    if num_b == 0:
+        return [a_positions, b_positions]
+    prefix = torch.cat([a_positions[:, :num_a], b_positions[:, :num_b]], dim=1)[:, _protected_order(matching.num_protected)]
+    return [prefix, a_positions[:, num_a:], b_positions[:, num_b:]]
+
+
+def _one_image(x: Tensor) -> bool:
+    """True for an eager batch of one, whose rows are indexed directly (an export keeps the
+    general form, so that a dynamic batch is never specialised to 1)."""
+    return x.shape[0] == 1 and not torch.compiler.is_exporting()
 
 
 def take_rows(x: Tensor, index: Tensor) -> Tensor:
     """x: [B, N, C], index: [B, K] -> [B, K, C], row index[b, k] of x[b] (index_select: far faster
     than gather on CPU)."""
+    if _one_image(x):
+        return x.index_select(1, index[0])
     batch, num_tokens, channels = x.shape
-    flat = (index + torch.arange(batch, device=index.device)[:, None] * num_tokens).reshape(-1)
+    flat = (index + torch.arange(0, batch * num_tokens, num_tokens, device=index.device)[:, None]).reshape(-1)
     return x.reshape(batch * num_tokens, channels).index_select(0, flat).view(batch, -1, channels)
 
 
 def add_rows(x: Tensor, index: Tensor, rows: Tensor) -> Tensor:
     """x: [B, N, C] plus rows [B, K, C] added at index [B, K] (repeats accumulate), out of place."""
+    if _one_image(x):
+        return x.index_add(1, index[0], rows)
     batch, num_tokens, channels = x.shape
-    flat = (index + torch.arange(batch, device=index.device)[:, None] * num_tokens).reshape(-1)
+    flat = (index + torch.arange(0, batch * num_tokens, num_tokens, device=index.device)[:, None]).reshape(-1)
     return x.reshape(batch * num_tokens, channels).index_add(0, flat, rows.reshape(-1, channels)).view_as(x)
 
 
@@ -156,19 +181,20 @@ def merge_weighted(
     A destination d that receives sources i becomes (s_d x_d + sum_i S_i) / (s_d + sum_i s_i),
     with S_i = s_i x_i (or, with `modulate`, the modulated S_i; modulate sees sources and
     destinations multiplied by their sizes); sizes add unmodulated. Only the r merged rows are
-    computed: every other token is copied once, in output order.
+    computed: every other token is copied once, in output order. The kept, source and
+    destination rows are fetched in one index_select each for x and size.
     """
-    num_tokens = x.shape[1]
-    new_size = merge(matching, size, "sum")  # [B, N - r, 1]
-    out = take_rows(x, _kept_positions(matching, num_tokens))  # [B, N - r, C]
-    src_pos, dst_pos = 2 * matching.src_idx, 2 * matching.dst_idx + 1  # [B, r] positions in x
-    src, dst = take_rows(x, src_pos), take_rows(x, dst_pos)  # [B, r, C]
-    src_size, dst_size = size.gather(1, src_pos[..., None]), size.gather(1, dst_pos[..., None])  # [B, r, 1]
+    num_tokens, r = x.shape[1], matching.r
+    rows = torch.cat(_kept_positions(matching, num_tokens) + [2 * matching.src_idx, 2 * matching.dst_idx + 1], dim=1)
+    parts = [num_tokens - r, r, r]  # kept [B, N - r], sources [B, r], destinations [B, r]
+    out, src, dst = take_rows(x, rows).split(parts, dim=1)
+    kept_size, src_size, dst_size = take_rows(size, rows).split(parts, dim=1)
+    out_dst = (math.ceil(num_tokens / 2) - r) + matching.dst_idx  # [B, r] positions in `out`
+    new_size = add_rows(kept_size, out_dst, src_size)  # [B, N - r, 1]
     weighted_src = src * src_size
     if modulate is not None:
         weighted_src = modulate(weighted_src, dst * dst_size)
-    out_dst = (math.ceil(num_tokens / 2) - matching.r) + matching.dst_idx  # [B, r] positions in `out`
-    delta = (weighted_src - src_size * dst) / new_size.gather(1, out_dst[..., None])
+    delta = (weighted_src - src_size * dst) / take_rows(new_size, out_dst)
     return add_rows(out, out_dst, delta.to(out.dtype)), new_size
 
 
