@@ -213,3 +213,36 @@ def test_space_abuse_quick_holds_its_bounds(tmp_path: Path) -> None:
     assert [h["forward_batch"] < h["batch"] for h in report["heavy_trainings"]] == [True, True]  # micro-batched
     assert all(h["status"].startswith("**Stopped**: the job reached its time limit") for h in report["heavy_trainings"])
     assert (tmp_path / "space_abuse.md").is_file()
+
+
+def test_token_dropping_bound_keeps_timm_and_the_merged_token_counts() -> None:
+    """batch1_latency's 'drop' models: with nothing dropped they are timm exactly; with a schedule, every
+    MLP sees as many tokens as in the ToMe model at that schedule."""
+    import copy
+
+    import torch
+
+    from benchmarks.batch1_latency import TokenDropping
+    from pyra.backbones.factory import create_backbone
+    from pyra.method.patch import patch
+
+    torch.manual_seed(0)
+    timm_model = create_backbone("random:vit_small_patch14_dinov2", 10, 56).eval()
+    schedule = [3, 2, 2, 1, 1, 0, 1, 0, 0, 0, 0, 0]
+    tome = patch(copy.deepcopy(timm_model), "tome", schedule)
+    image = torch.randn(2, 3, 56, 56)
+
+    def mlp_tokens(model: torch.nn.Module, blocks) -> list[int]:
+        seen: list[int] = []
+        hooks = [block.mlp.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1])) for block in blocks]
+        with torch.no_grad():
+            model(image)
+        for hook in hooks:
+            hook.remove()
+        return seen
+
+    with torch.no_grad():
+        assert torch.equal(TokenDropping(timm_model, [0] * 12)(image), timm_model(image))
+    dropped = mlp_tokens(TokenDropping(timm_model, schedule), timm_model.blocks)
+    assert dropped == mlp_tokens(tome, tome.blocks)
+    assert dropped[0] == 17 - 3 and dropped[-1] == 17 - sum(schedule)

@@ -172,3 +172,14 @@ def test_export_writes_an_onnx_file_that_gives_the_runs_logits(trained_run, imag
     assert json.loads(meta["pyra.classes"]) == list(config.classes) and json.loads(meta["pyra.img_size"]) == 64
     done = run_cli("export", str(run_dir), "--onnx", str(tmp_path / "model.bin"))
     assert done.returncode == 2 and ".onnx extension" in done.stderr
+
+
+@pytest.mark.slow
+def test_eval_can_time_compiled_models(trained_run, image_folder):
+    run_dir, summary = trained_run
+    done = run_cli("eval", str(run_dir), "--data", str(image_folder), "--repeats", "1", "--batch", "2", "--compile",
+                   "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["speed_compiled"] is True and {"uncompressed", "compressed"} == set(result["speed"])
+    assert result["validation"]["accuracy"] == summary["validation"]["accuracy"]  # accuracy stays the eager model's

@@ -193,11 +193,16 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", choices=METHODS, help="e.g. tome: training-free merging")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved speed rounds (0: skip speed)")
     parser.add_argument("--batch", type=int, default=8, help="batch size for throughput")
+    parser.add_argument("--compile", action="store_true",
+                        help="time torch.compile'd models (compiling takes about a minute per model on CPU; "
+                             "the accuracy is the eager model's)")
     parser.add_argument("--json", action="store_true", help="print only JSON")
     parser.set_defaults(run=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from pyra.method.lora import merge_lora
     from pyra.method.patch import set_schedule
     from pyra.run.checkpoint import load_run
@@ -231,9 +236,12 @@ def run_eval(args: argparse.Namespace) -> int:
         set_schedule(model, applied, method=method)
         set_schedule(baseline, 0, method="none")
         models = {"uncompressed": merge_lora(baseline.to(default_device())), "compressed": merge_lora(model)}
+        if args.compile:
+            models = {name: torch.compile(m, dynamic=False) for name, m in models.items()}
         stats = measure_speed(models, img_size=config.img_size, batch_size=args.batch, repeats=args.repeats,
                               device=default_device())
         result["speed"] = {name: s.to_dict() for name, s in stats.items()}
+        result["speed_compiled"] = args.compile
     text = (f"{method} at {applied}: accuracy {report.accuracy:.2%} [{report.low:.2%}, {report.high:.2%}] "
             f"(n={report.n}), macro-F1 {report.macro_f1:.3f}, {result['flops_ratio']:.2f}x fewer FLOPs")
     if result["off_target"]:
@@ -243,7 +251,7 @@ def run_eval(args: argparse.Namespace) -> int:
         speed = result["speed"]
         text += (f"\nthroughput {speed['compressed']['throughput']['median']:.1f} img/s vs "
                  f"{speed['uncompressed']['throughput']['median']:.1f} uncompressed "
-                 f"({speed['compressed']['threads']} threads)")
+                 f"({speed['compressed']['threads']} threads{', torch.compile' if args.compile else ''})")
     emit(result, text, args.json)
     return 0
 
