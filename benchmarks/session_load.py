@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -100,10 +101,6 @@ class Probe(threading.Thread):
 
     def peak_rss(self, start: float, end: float) -> int:
         return max(rss for t, rss in self.rss if start <= t <= end)
-
-    def rss_at(self, moment: float) -> int:
-        """The last sample taken at or before `moment`."""
-        return [rss for t, rss in self.rss if t <= moment][-1]
 
     def settled_rss(self, seconds: float = 3.0) -> int:
         """Median RSS over the next `seconds` (allocators return memory with some delay)."""
@@ -218,7 +215,7 @@ class StopOutcome:
     steps_on_disk: int  # steps its metrics.json records
     stop_answer: str
     status: str
-    ended_at: float  # time.monotonic() at the final status line
+    memory_after: Optional[int]  # the server's settled RSS once the run had ended (None: not measured)
 
 
 @dataclass
@@ -228,9 +225,11 @@ class StopSession:
     folder_removed_s: Optional[float]  # from closing the client to its folder's removal
 
 
-def stop_trainings(app: App, count: int, folder: Path) -> StopSession:
+def stop_trainings(app: App, count: int, folder: Path,
+                   settled_rss: Optional[Callable[[], int]] = None) -> StopSession:
     """In one session: `count` times start a long training, press Stop once a step is shown, wait for
-    the end. Then a tiny training must complete, and the session closes."""
+    the end (and, with `settled_rss`, for the server's memory to settle: it returns freed memory to the
+    system just after the final status line). Then a tiny training must complete, and the session closes."""
     from gradio_client import Client, handle_file
 
     zip_path, _ = colour_zip(folder / "stops", STOP_CLASSES, per_class=40)
@@ -250,7 +249,7 @@ def stop_trainings(app: App, count: int, folder: Path) -> StopSession:
             step_seen=step_seen, step_ended=int(ended.group(1)) if ended else -1,
             total_steps=int(ended.group(2)) if ended else -1, seconds_to_end=time.monotonic() - pressed,
             step_seconds=metrics["seconds"] / max(metrics["steps"], 1), steps_on_disk=metrics["steps"],
-            stop_answer=answer, status=status, ended_at=time.monotonic(),
+            stop_answer=answer, status=status, memory_after=settled_rss() if settled_rss else None,
         ))
     final, _ = client.predict(*TINY_TRAIN, api_name="/train")
     return StopSession(outcomes, final, close_session(client, session_folder))
@@ -314,10 +313,10 @@ def measure(quick: bool, threads: int) -> dict[str, Any]:
         memory["after_sessions"] = probe.settled_rss()
         disk_after_sessions = (folder_bytes(app.work_root), folder_bytes(app.gradio_temp))
         t2 = time.monotonic()
-        stopping = stop_trainings(app, stops, folder)
+        stopping = stop_trainings(app, stops, folder, lambda: probe.settled_rss(1.0))
         t3 = time.monotonic()
         memory["peak_stops"] = probe.peak_rss(t2, t3)
-        memory["after_each_stop"] = [probe.rss_at(stop.ended_at) for stop in stopping.stops]
+        memory["after_each_stop"] = [stop.memory_after for stop in stopping.stops]
         memory["after_stops"] = probe.settled_rss()
         probe.done.set()
         disk = {
