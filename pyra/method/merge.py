@@ -104,15 +104,16 @@ def _protected_order(num_protected: int) -> list[int]:
     return [j // 2 if j % 2 == 0 else num_a + j // 2 for j in range(num_protected)]
 
 
-def _assemble(unmerged: Tensor, b: Tensor, num_protected: int) -> Tensor:
-    """[B, N_A - r, C] kept A tokens + [B, N_B, C] B tokens -> [B, N - r, C] in output order:
-    protected tokens first (original order), then the other kept A tokens, then the B tokens.
-    B token j (never protected once merged into) lands at position N_A - r + j."""
+def _output_order(unmerged: Tensor, b: Tensor, num_protected: int) -> list[Tensor]:
+    """Kept A tokens [B, N_A - r, ...] and B tokens [B, N_B, ...] as the parts, along dim 1, of the
+    output order: protected tokens first (original order), then the other kept A tokens, then the
+    B tokens. B token j (never protected once merged into) lands at position N_A - r + j. Works on
+    token rows [B, *, C] and on token positions [B, *] alike."""
     num_a, num_b = math.ceil(num_protected / 2), num_protected // 2
     if num_b == 0:
-        return torch.cat([unmerged, b], dim=1)
+        return [unmerged, b]
     prefix = torch.cat([unmerged[:, :num_a], b[:, :num_b]], dim=1)[:, _protected_order(num_protected)]
-    return torch.cat([prefix, unmerged[:, num_a:], b[:, num_b:]], dim=1)
+    return [prefix, unmerged[:, num_a:], b[:, num_b:]]
 
 
 def merge(
@@ -133,19 +134,14 @@ def merge(
     if modulate is not None:
         src = modulate(src, b.gather(1, dst_index))
     b = b.scatter_reduce(1, dst_index, src.to(b.dtype), reduce=reduce)
-    return _assemble(unmerged, b, matching.num_protected)
+    return torch.cat(_output_order(unmerged, b, matching.num_protected), dim=1)
 
 
 def _kept_positions(matching: Matching, num_tokens: int) -> list[Tensor]:
-    """Positions in the input of the tokens that stay, in output order, as [B, *] parts to
-    concatenate (protected first, then the other kept A tokens, then the B tokens)."""
+    """Positions in the input of the tokens that stay, as [B, *] parts of the output order (`_output_order`)."""
     a_positions = 2 * matching.unm_idx  # [B, N_A - r]
     b_positions = torch.arange(1, num_tokens, 2, device=a_positions.device).expand(a_positions.shape[0], -1)
-    num_a, num_b = math.ceil(matching.num_protected / 2), matching.num_protected // 2
-    if num_b == 0:
-        return [a_positions, b_positions]
-    prefix = torch.cat([a_positions[:, :num_a], b_positions[:, :num_b]], dim=1)[:, _protected_order(matching.num_protected)]
-    return [prefix, a_positions[:, num_a:], b_positions[:, num_b:]]
+    return _output_order(a_positions, b_positions, matching.num_protected)
 
 
 def _one_image(x: Tensor) -> bool:
@@ -154,14 +150,19 @@ def _one_image(x: Tensor) -> bool:
     return x.shape[0] == 1 and not torch.compiler.is_exporting()
 
 
+def _flat_rows(index: Tensor, num_tokens: int) -> Tensor:
+    """index [B, K] of rows in [B, N, C] -> [B * K] rows of its [B * N, C] flattening."""
+    batch = index.shape[0]
+    return (index + torch.arange(0, batch * num_tokens, num_tokens, device=index.device)[:, None]).reshape(-1)
+
+
 def take_rows(x: Tensor, index: Tensor) -> Tensor:
     """x: [B, N, C], index: [B, K] -> [B, K, C], row index[b, k] of x[b] (index_select: far faster
     than gather on CPU)."""
     if _one_image(x):
         return x.index_select(1, index[0])
     batch, num_tokens, channels = x.shape
-    flat = (index + torch.arange(0, batch * num_tokens, num_tokens, device=index.device)[:, None]).reshape(-1)
-    return x.reshape(batch * num_tokens, channels).index_select(0, flat).view(batch, -1, channels)
+    return x.reshape(batch * num_tokens, channels).index_select(0, _flat_rows(index, num_tokens)).view(batch, -1, channels)
 
 
 def add_rows(x: Tensor, index: Tensor, rows: Tensor) -> Tensor:
@@ -169,7 +170,7 @@ def add_rows(x: Tensor, index: Tensor, rows: Tensor) -> Tensor:
     if _one_image(x):
         return x.index_add(1, index[0], rows)
     batch, num_tokens, channels = x.shape
-    flat = (index + torch.arange(0, batch * num_tokens, num_tokens, device=index.device)[:, None]).reshape(-1)
+    flat = _flat_rows(index, num_tokens)
     return x.reshape(batch * num_tokens, channels).index_add(0, flat, rows.reshape(-1, channels)).view_as(x)
 
 
