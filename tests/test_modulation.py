@@ -38,3 +38,17 @@ def test_the_hand_worked_numbers_follow_from_the_formulas():
     assert abs(2 * sigmoid(-a) - 0.5378848) < 1e-6 and abs(2 * sigmoid(a) - 1.4621152) < 1e-6
     assert abs(2 * sigmoid(-2 * a) - 1 - (-0.7615921)) < 1e-6
     assert abs(2 + 2 * (2 * sigmoid(a)) * (2 * sigmoid(-2 * a) - 1) - (-0.2270706)) < 1e-6
+
+
+def test_the_fused_forward_equals_the_gates_formula():
+    """forward() is written with tanh and addcmul; it must equal S + S * gate_ch * gate_tok from gates()."""
+    torch.manual_seed(0)
+    modulator = TokenModulator(r=7, dim=16)
+    with torch.no_grad():
+        modulator.w_d.normal_(0, 1.0)
+        modulator.norm.weight.normal_(1.0, 0.2)
+        modulator.norm.bias.normal_(0, 0.2)
+    for batch, r in ((1, 7), (3, 4)):
+        src, dst = torch.randn(batch, r, 16), torch.randn(batch, r, 16)
+        channel_gate, token_gate = modulator.gates(src, dst)
+        torch.testing.assert_close(modulator(src, dst), src + src * channel_gate * token_gate, rtol=1e-6, atol=1e-6)
