@@ -352,8 +352,9 @@ def test_the_quick_demo_trains_what_its_settings_say_without_dropout():
     config = compare_config(read_back)
     assert config.lora_dropout == 0.0 and config.drop_path_rate == 0.0
     assert config.train.lr == 1e-3 and config.train.epochs == 2 and config.levels == (0.0, 0.5, 1.0)
+    assert config.train.batch_size == 8
     assert not config.train.eval_every_epoch  # each model validated once, after its last epoch
-    assert config.train.head_start_c == 1.0  # as benchmarks/quick_demo_recipe.py chose
+    assert config.train.head_start_c == 0.2  # as benchmarks/quick_demo_recipe.py chose
 
 
 @pytest.mark.parametrize("name, args", [("Number", ()), ("Slider", (0, 10)), ("Dropdown", (["a"],)),

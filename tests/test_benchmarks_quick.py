@@ -6,6 +6,7 @@ figures themselves belong to the full runs (docs/), not to these checks.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import subprocess
@@ -186,8 +187,9 @@ def test_train_memory_quick_estimate_covers_what_it_measures(tmp_path: Path) -> 
 def test_quick_demo_recipe_quick_covers_its_grid(tmp_path: Path) -> None:
     run_script("quick_demo_recipe.py", "--quick", "--out", str(tmp_path))
     report = json.loads((tmp_path / "results" / "quick_demo_recipe.json").read_text())
-    assert [(cell["split_seed"], cell["lr"], cell["head_start_c"]) for cell in report["cells"]] == [
-        (1, 1e-3, 0.05), (1, 1e-3, 1.0), (1, 3e-3, 0.05), (1, 3e-3, 1.0)]
+    assert [(cell["split_seed"], cell["epochs"], cell["batch_size"], cell["lr"], cell["head_start_c"])
+            for cell in report["cells"]] == [(1, 1, 16, 1e-3, 0.05), (1, 1, 16, 1e-3, 1.0), (1, 1, 16, 3e-3, 0.05),
+                                             (1, 1, 16, 3e-3, 1.0)]
     assert set(report["probe"]["1"]) == {"0.0", "0.5", "1.0"}
     for cell in report["cells"]:
         assert set(cell["tome"]) == set(cell["pyra"]) == {"0.0", "0.5", "1.0"} and set(cell["none"]) == {"0.0"}
@@ -197,13 +199,47 @@ def test_quick_demo_recipe_quick_covers_its_grid(tmp_path: Path) -> None:
                     for f in cell[m]}
         assert summary["margin_over_probe"] == pytest.approx(expected)
         assert summary["worst_margin_over_probe"] == pytest.approx(min(expected.values()))
-    chosen = next(s for s in report["summary"].values()
-                  if (s["lr"], s["head_start_c"]) == (report["chosen"]["lr"], report["chosen"]["head_start_c"]))
-    clear = [s for s in report["summary"].values() if s["worst_margin_over_probe"] >= 0]
-    if clear:
-        assert chosen["mean_accuracy"] == max(s["mean_accuracy"] for s in clear) and chosen in clear
-    else:
-        assert chosen["worst_margin_over_probe"] == max(s["worst_margin_over_probe"] for s in report["summary"].values())
+        assert set(summary["margin_interval"].values()) == {None}  # one split: no interval
+        assert summary["steps"] == math.ceil(cell["n_train"] / 16) and summary["images_seen"] == cell["n_train"]
+
+
+def _setting(mean: float, worst: float, images: int) -> dict:
+    return {"mean_accuracy": mean, "worst_margin_over_probe": worst, "images_seen": images}
+
+
+def test_quick_demo_recipe_chooses_among_the_settings_that_fit_the_demo_time() -> None:
+    from benchmarks.quick_demo_recipe import choose
+
+    summary = {"long": _setting(90.0, 3.0, 300), "clear": _setting(70.0, 0.1, 200), "better but below": _setting(80.0, -0.1, 200),
+               "clear, worse": _setting(60.0, 1.0, 100)}
+    assert choose(summary, 200) == "clear"  # "long" sees more images than the demo has time for
+    assert choose(summary, 300) == "long"
+    below = {"a": _setting(80.0, -2.0, 200), "b": _setting(60.0, -0.5, 200), "c": _setting(99.0, 0.0, 400)}
+    assert choose(below, 200) == "b"  # nothing affordable is clear: the smallest shortfall
+
+
+def test_quick_demo_recipe_pools_every_run_per_setting() -> None:
+    """Two runs' files: a setting's margin is the mean over its splits of accuracy minus that split's probe, and its
+    interval the t-interval of those differences (worked out here by hand)."""
+    from benchmarks.quick_demo_recipe import combined, summarise
+
+    def cell(split: int, epochs: int, none: float) -> dict:
+        scores = {"0.0": none, "0.5": 50.0, "1.0": 40.0}
+        return {"split_seed": split, "epochs": epochs, "batch_size": 16, "lr": 1e-3, "head_start_c": 1.0, "n_train": 100,
+                "n_val": 300, "none": {"0.0": none}, "tome": scores, "pyra": scores}
+
+    probe = {"0.0": 60.0, "0.5": 50.0, "1.0": 40.0}
+    runs = [{"cells": [cell(1, 2, 61.0), cell(2, 2, 63.0)], "probe": {"1": probe, "2": probe}},
+            {"cells": [cell(1, 3, 59.0)], "probe": {"1": probe}}]
+    summary = summarise(*combined(runs))
+    two = summary["epochs=2 batch=16 lr=0.001 C=1"]
+    assert two["margin_over_probe"]["none@0.0"] == pytest.approx(2.0)  # (1 + 3) / 2
+    half_width = 12.706205 * math.sqrt(2.0) / math.sqrt(2)  # t(0.975, 1) x sd / sqrt(n), sd of (1, 3) = sqrt(2)
+    assert two["margin_interval"]["none@0.0"] == pytest.approx([2.0 - half_width, 2.0 + half_width], abs=0.01)
+    assert two["steps"] == 14 and two["images_seen"] == 200
+    three = summary["epochs=3 batch=16 lr=0.001 C=1"]
+    assert three["margin_over_probe"]["none@0.0"] == pytest.approx(-1.0) and three["margin_interval"]["none@0.0"] is None
+    assert three["worst_margin_over_probe"] == pytest.approx(-1.0) and three["images_seen"] == 300
 
 
 def test_space_abuse_quick_holds_its_bounds(tmp_path: Path) -> None:
