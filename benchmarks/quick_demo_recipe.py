@@ -115,11 +115,16 @@ def summarise(cells: list[dict], probes: dict[str, dict[str, float]]) -> dict[st
     return summary
 
 
+def fits(setting: dict, images_budget: int = DEMO_TRAINING_IMAGES) -> bool:
+    """Whether a summarised setting's models see at most `images_budget` training images."""
+    return setting["images_seen"] <= images_budget
+
+
 def choose(summary: dict[str, dict], images_budget: int) -> str:
     """Among the settings whose models see at most `images_budget` training images (the Quick demo's time
     promise), the highest mean accuracy among those no worse than the probe anywhere, else the largest
     worst margin."""
-    affordable = {k: v for k, v in summary.items() if v["images_seen"] <= images_budget}
+    affordable = {k: v for k, v in summary.items() if fits(v, images_budget)}
     clear = [k for k, v in affordable.items() if v["worst_margin_over_probe"] >= 0]
     if clear:
         return max(clear, key=lambda k: affordable[k]["mean_accuracy"])
@@ -176,17 +181,15 @@ def main() -> None:
                 row |= {method: cell(data, grid, method, lr, head_start_c) for method in METHODS}
                 cells.append(row)
                 print(json.dumps(row), flush=True)
-    chosen_flags = {"epochs": args.epochs, "batch-size": args.batch_size, "lrs": args.lrs,
-                    "head-start-cs": args.head_start_cs}
-    overrides = [f"--{name} {value}" for name, value in chosen_flags.items() if value]
+    flags = (("epochs", "epochs", args.epochs), ("batch-size", "batch", args.batch_size), ("lrs", "lr", args.lrs),
+             ("head-start-cs", "C", args.head_start_cs))  # (flag, file-name tag, value)
+    overrides = [f"--{flag} {value}" for flag, _, value in flags if value is not None]
     command = " ".join(["python benchmarks/quick_demo_recipe.py"] + (["--quick"] if args.quick else []) + overrides)
     report = {"command": command, "machine": machine_info(), "threads": args.threads, "grid": dict(grid),
               "probe": {str(k): v for k, v in probes.items()}, "cells": cells,
               "summary": summarise(cells, {str(k): v for k, v in probes.items()}),
               "seconds": round(time.perf_counter() - start, 1)}
-    suffix = "".join(f"-{name}{str(value).replace(',', '_')}" for name, value in
-                     (("epochs", args.epochs), ("batch", args.batch_size), ("lr", args.lrs), ("C", args.head_start_cs))
-                     if value is not None)
+    suffix = "".join(f"-{tag}{str(value).replace(',', '_')}" for _, tag, value in flags if value is not None)
     path = args.out / "results" / f"quick_demo_recipe{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1) + "\n")

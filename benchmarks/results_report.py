@@ -112,10 +112,11 @@ def quick_demo_recipe_section(reports: list[dict]) -> list[str]:
     for key, s in summary.items():
         margins = []
         for m, f in margin_columns:
-            name, interval = f"{m}@{f}", s["margin_interval"][f"{m}@{f}"]
+            name = f"{m}@{f}"
+            interval = s["margin_interval"][name]
             margins.append(f"{s['margin_over_probe'][name]:+.1f}"
                            + ("" if interval is None else f" [{interval[0]:+.1f}, {interval[1]:+.1f}]"))
-        fits = "yes" if s["images_seen"] <= recipe_runs.DEMO_TRAINING_IMAGES else "no: longer"
+        fits = "yes" if recipe_runs.fits(s) else "no: longer"
         rows.append([("**" if key == chosen else "") + f"{s['epochs']} x {s['batch_size']}, lr {s['lr']:g}, C "
                      f"{s['head_start_c']:g}" + ("**" if key == chosen else ""), str(s["steps"]), fits, *margins,
                      f"{s['mean_accuracy']:.1f}"])

@@ -30,11 +30,16 @@ class TokenModulator(nn.Module):
     def max_r(self) -> int:
         return self.w_r.shape[0]
 
-    def gates(self, src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
-        """src, dst: [B, r, D] size-weighted -> (channel gate [B, 1, D], token gate [B, r, 1])."""
+    def _checked_r(self, src: Tensor) -> int:
+        """r of src [B, r, D]; ValueError if this layer was sized for fewer."""
         r = src.shape[1]
         if r > self.max_r:
             raise ValueError(f"this layer was trained to merge at most {self.max_r} tokens, asked for {r}")
+        return r
+
+    def gates(self, src: Tensor, dst: Tensor) -> tuple[Tensor, Tensor]:
+        """src, dst: [B, r, D] size-weighted -> (channel gate [B, 1, D], token gate [B, r, 1])."""
+        r = self._checked_r(src)
         mixed = self.norm(src + dst)  # [B, r, D]
         # [B, D, r] @ [r, 1] -> [B, D, 1] -> [B, 1, D]
         channel_gate = 2 * torch.sigmoid(mixed.transpose(1, 2) @ self.w_r[:r].to(mixed.dtype)).transpose(1, 2)
@@ -47,9 +52,7 @@ class TokenModulator(nn.Module):
         `reactivate(src, *self.gates(src, dst))` in fewer operations (it runs in every merging layer):
         2 sigmoid(a) - 1 = tanh(a / 2), and the channel gate's factor 2 moves into one addcmul.
         """
-        r = src.shape[1]
-        if r > self.max_r:
-            raise ValueError(f"this layer was trained to merge at most {self.max_r} tokens, asked for {r}")
+        r = self._checked_r(src)
         norm = self.norm  # called as a function: a module call's hooks cost more than the norm at batch 1
         mixed = F.layer_norm(src + dst, norm.normalized_shape, norm.weight, norm.bias, norm.eps)  # [B, r, D]
         half_channel_gate = torch.sigmoid(self.w_r[:r].to(mixed.dtype).t() @ mixed)  # [1, r] @ [B, r, D] -> [B, 1, D]
