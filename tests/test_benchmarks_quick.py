@@ -154,6 +154,8 @@ def test_results_report_renders_the_quick_results_with_charts(quick_out: Path) -
 def test_speed_benchmarks_quick_measure_every_level_and_render_performance_md(tmp_path: Path) -> None:
     png = png_wanted()
     run_script("train_speed.py", "--quick", "--out", str(tmp_path))
+    batch1 = "## Batch 1: torch and onnxruntime\n\n<!-- batch1_latency:start -->\nkept\n<!-- batch1_latency:end -->\n"
+    (tmp_path / "PERFORMANCE.md").write_text("# Engine speed\n\nan older matrix\n\n" + batch1)
     run_script("engine_speed.py", "--quick", "--out", str(tmp_path), *([] if png else ["--no-png"]))
     report = json.loads((tmp_path / "perf" / "engine_speed.json").read_text())
     assert report["results"], report.get("skipped")
@@ -166,6 +168,7 @@ def test_speed_benchmarks_quick_measure_every_level_and_render_performance_md(tm
                 assert timing["throughput"]["p25"] <= timing["throughput"]["median"] <= timing["throughput"]["p75"]
     text = (tmp_path / "PERFORMANCE.md").read_text()
     assert "## Training step time" in text and "Not measured yet" not in text  # train_speed.json was rendered
+    assert "an older matrix" not in text and text.endswith(batch1)  # batch1_latency.py's section is kept as it was
     if png:
         assert png_size(tmp_path / "charts" / "speed_vs_flops.png") == (900, 550)
 
