@@ -6,6 +6,7 @@
 Inputs in <out>/results/: backbone_quality.json (benchmarks/backbone_quality.py),
 elastic_matrix*.json (benchmarks/elastic_matrix.py), recipe_search.json (benchmarks/recipe_search.py),
 quick_demo.json (benchmarks/quick_demo.py), quick_demo_recipe*.json (benchmarks/quick_demo_recipe.py),
+feature_gain.json (benchmarks/feature_gain.py),
 accuracy_matrix*.json (benchmarks/accuracy_matrix.py) and <dataset>_<schedule>.json
 (benchmarks/demo_comparison.py); throughput for the charts from <out>/perf/engine_speed.json
 (benchmarks/engine_speed.py) when it measured the same backbone.
@@ -147,6 +148,55 @@ def quick_demo_recipe_section(reports: list[dict]) -> list[str]:
             markdown_table(["split seed", "setting", *headers[3:-1]], per_split), ""]
 
 
+FEATURE_VARIANTS = (("fine-tuned", "fine-tuned"), ("re-probed", "re-probed (head refitted, C = 1)"),
+                    ("head kept", "head kept (only LoRA / PYRA trained)"))
+
+
+def feature_gain_section(report: dict) -> list[str]:
+    """benchmarks/feature_gain.py: fine-tuned, re-probed and head-kept models against the frozen-feature probe."""
+    rows = []
+    for key, by_variant in report["summary"].items():
+        method, level = key.split("@")
+        label = dict(RECIPE_MODELS)[method]
+        cells = []
+        for variant, _ in FEATURE_VARIANTS:
+            d = by_variant[variant]
+            cells.append(f"{d['mean']:+.1f}" + ("" if d["interval"] is None else
+                                                 f" [{d['interval'][0]:+.1f}, {d['interval'][1]:+.1f}]"))
+        rows.append([f"{label} at {float(level):g}", *cells])
+    train = report["train"]
+    return ["### Does fine-tuning give the head better features than the frozen backbone?", "",
+            f"    {report['command']}", "",
+            f"The Quick demo's settings ({train['epochs']} epochs of batch {train['batch_size']}, lr {train['lr']:g}, "
+            f"head-start C {train['head_start_c']:g}) on its {len(report['probe'])} tuning splits, {report['threads']} "
+            f"threads on {report['machine']['cpu']}, {report['seconds'] / 60:.0f} minutes. Each cell is a model minus "
+            "the frozen-feature probe at a level it was trained for, in points (mean over the splits, 95% "
+            "t-interval). *Re-probed*: the fine-tuned model's head refitted by the probe's own logistic regression "
+            "on the fine-tuned features of the training images, which measures the features alone. *Head kept*: "
+            "trained with the head-start head frozen.", "",
+            markdown_table(["model at level", *[label for _, label in FEATURE_VARIANTS]], rows), "",
+            feature_gain_verdict(report["summary"]), ""]
+
+
+def feature_gain_verdict(summary: dict) -> str:
+    """One sentence on the uncompressed level: is any re-probed model above the probe by an interval that excludes 0?"""
+    at_zero = {key: by_variant["re-probed"] for key, by_variant in summary.items() if key.endswith("@0.0")}
+    above = [dict(RECIPE_MODELS)[key.split("@")[0]] for key, d in at_zero.items()
+             if d["interval"] is not None and d["interval"][0] > 0]
+    if above:
+        text = (f"Uncompressed, re-probing puts {', '.join(above)} above the probe (interval above 0): fine-tuning "
+                "gave the linear head better features there.")
+    else:
+        text = ("Uncompressed, no re-probed model is above the probe by an interval that excludes 0: fine-tuning on "
+                "these images did not give a linear head measurably better features than the frozen backbone's, so "
+                "without merging a fine-tuned model can at best match the probe here.")
+    at_target = [by_variant["fine-tuned"] for key, by_variant in summary.items() if key.endswith("@1.0")]
+    if at_target and all(d["interval"] is not None and d["interval"][0] > 0 for d in at_target):
+        text += (" At the target, every fine-tuned merging model is above the probe (intervals above 0): there "
+                 "fine-tuning wins back accuracy that merging costs the frozen features.")
+    return text
+
+
 def comparison_section(report: dict) -> list[str]:
     result, settings, data = report["result"], report["settings"], report["data"]
     seeds = settings["seeds"]
@@ -227,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         demo_recipes = recipe_runs.load_reports(results)
         if demo_recipes:
             lines += quick_demo_recipe_section(demo_recipes)
+        feature_gain = results / "feature_gain.json"
+        if feature_gain.is_file():
+            lines += feature_gain_section(json.loads(feature_gain.read_text()))
     elastic = load_elastic(results, quick=args.quick)
     if elastic:
         lines += elastic_section(elastic)

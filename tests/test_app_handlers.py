@@ -213,6 +213,8 @@ def test_select_level_uses_the_cached_result_and_changes_with_the_level(tmp_path
     text1, table1, verdicts1, hint1, chart1 = tab_compare.select_level(session, 1)
     assert "Level 1 of 2" in text0 and "Level 2 of 2" in text1 and "`4 4`" in text1
     assert "measured PYRA throughput speed-up 1.80x" in text1
+    assert "batch-1 latency speed-up 1.80x" in text1  # the fake rows' latency is 1000 / throughput
+    assert views.BATCH1_NOTE in text1 and views.BATCH1_NOTE not in text0  # said where tokens are merged
     assert table0.values.tolist() != table1.values.tolist()
     assert "no clear difference" in verdicts1 and "No paired comparisons" in verdicts0
     assert "40 validation images" in hint1 and hint1.startswith("⚠️")  # 40 images resolve only ~20 points

@@ -11,8 +11,10 @@ import os
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.charts import PngRendererMissing, chromium_path
@@ -285,3 +287,55 @@ def test_token_dropping_bound_keeps_timm_and_the_merged_token_counts() -> None:
     dropped = mlp_tokens(TokenDropping(timm_model, schedule), timm_model.blocks)
     assert dropped == mlp_tokens(tome, tome.blocks)
     assert dropped[0] == 17 - 3 and dropped[-1] == 17 - sum(schedule)
+
+
+def test_feature_gain_quick_compares_every_variant_with_the_probe(tmp_path: Path) -> None:
+    run_script("feature_gain.py", "--quick", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "results" / "feature_gain_quick.json").read_text())
+    probe = report["probe"]["1"]
+    assert [cell["method"] for cell in report["cells"]] == ["none", "tome", "pyra"]
+    for cell in report["cells"]:
+        levels = {"0.0"} if cell["method"] == "none" else {"0.0", "0.5", "1.0"}
+        for variant in ("fine-tuned", "re-probed", "head kept"):
+            assert set(cell[variant]) == levels
+            for level in levels:  # one split: each difference is that split's accuracy minus its probe's
+                difference = report["summary"][f"{cell['method']}@{level}"][variant]
+                assert difference["mean"] == pytest.approx(cell[variant][level] - probe[level], abs=0.01)
+                assert difference["interval"] is None and difference["n"] == 1
+
+
+def test_reprobing_an_untrained_model_is_the_frozen_feature_probe() -> None:
+    """LoRA B = 0: the model's features are the backbone's, so refitting its head with the probe's C must classify
+    every validation image as the probe does (pyra.run.head_start.probe_correct)."""
+    from test_train import coloured_squares, dataset_for, tiny_run_config
+
+    from benchmarks.feature_gain import reprobe
+    from pyra.data.datasets import ImageRecord
+    from pyra.run.head_start import probe_correct
+    from pyra.run.predict import predict
+    from pyra.run.run_config import build_model
+
+    model = build_model(tiny_run_config(method="none", schedule=(0,) * 12))
+    noisy = [replace(r, label=(r.label + i) % 3) if i % 3 == 0 else r for i, r in enumerate(coloured_squares(8, seed=1))]
+    rng = np.random.default_rng(2)  # noise images between the classes, so where the boundary lies decides them
+    noise = [ImageRecord(i % 3, f"noise/{i}", array=rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for i in range(60)]
+    train_set, val_set = dataset_for(model, noisy), dataset_for(model, noise)
+    expected = probe_correct(model, train_set, val_set, [0] * 12)
+    other_c = probe_correct(model, train_set, val_set, [0] * 12, inverse_l2=1e-3)
+    assert not np.array_equal(expected, other_c)  # the images tell the probe's C from another
+    reprobe(model, train_set, [0] * 12, "off")
+    assert np.array_equal(predict(model, val_set).correct, expected)
+
+
+def test_feature_gain_verdict_calls_a_gain_only_when_its_interval_excludes_zero() -> None:
+    from benchmarks.results_report import feature_gain_verdict
+
+    def summary(low_at_zero: float, low_at_target: float) -> dict:
+        def variants(low: float) -> dict:
+            return {v: {"mean": low + 1, "interval": [low, low + 2], "n": 6} for v in ("fine-tuned", "re-probed")}
+        return {"none@0.0": variants(low_at_zero), "tome@0.0": variants(-1.0), "tome@1.0": variants(low_at_target)}
+
+    assert "no re-probed model is above the probe" in feature_gain_verdict(summary(-0.5, 2.0))
+    assert "puts LoRA above the probe" in feature_gain_verdict(summary(0.5, 2.0))
+    assert "every fine-tuned merging model is above the probe" in feature_gain_verdict(summary(-0.5, 2.0))
+    assert "every fine-tuned merging model" not in feature_gain_verdict(summary(-0.5, -0.1))
