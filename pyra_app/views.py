@@ -38,8 +38,8 @@ PROTOCOL_CHOICES = [("elastic: one model per method for every level", "elastic")
                     ("per level: one model per method and level (the paper's, slower)", "per-level")]
 TABLE_NOTE = ("Latency and throughput: median [25th-75th percentile] over the repeats, measured interleaved "
               "on this machine. FLOPs ratio: uncompressed FLOPs / this model's.")
-BATCH1_NOTE = ("One image at a time gains less than a batch: each layer's matrix multiplications then handle a few "
-               "dozen tokens, and their time falls much more slowly than their FLOPs")
+BATCH1_NOTE = ("One image at a time gains less than a batch: its matrix multiplications are small, and their time "
+               "falls more slowly than their FLOPs")
 RUN_FILES = (CONFIG_FILE, ADAPTER_FILE, METRICS_FILE)  # in an exported zip, in this order
 TOO_FEW_POINTS = 5.0  # a minimum detectable difference above this many points earns a warning
 PREVIEW_SIZE = 96  # pixels: tiny sample images are upscaled for the gallery
