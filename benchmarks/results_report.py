@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
                                   args.out / "charts")
     for path in sorted(results.glob("*_*.json")):
         comparison = not path.stem.startswith(("backbone_quality", "accuracy_matrix", "elastic_matrix",
-                                               "recipe_search", "quick_demo"))
+                                               "recipe_search", "quick_demo", "feature_gain"))
         if comparison and path.stem.endswith("_quick") == args.quick:
             lines += comparison_section(json.loads(path.read_text()))
     caveats = REPO / "benchmarks" / "results_caveats.md"
