@@ -51,7 +51,7 @@ def build(c: SimpleNamespace) -> None:
                                          info="'default': DINOv2 ViT-S/14 shipped offline. Or type any timm ViT name "
                                               "(weights from the hub, or the file below); 'random:NAME' = random init.")
             c.weights = gr.File(label="Local weights for that architecture (optional)", file_types=WEIGHT_TYPES,
-                                type="filepath", height=125)
+                                type="filepath", height=150)
             with gr.Row():
                 c.img_size = inputs.Number(0, precision=0, minimum=0, label="Image size, px (0 = automatic)",
                                            elem_id="img-size")
