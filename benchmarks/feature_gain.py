@@ -1,6 +1,6 @@
 """Does fine-tuning on the Quick demo's 100 images give the head better features than the frozen backbone's?
 
-    python benchmarks/feature_gain.py            # 6 tuning splits, ~30 min on 2 cores
+    python benchmarks/feature_gain.py            # 6 tuning splits, ~25 min on 2 cores
     python benchmarks/feature_gain.py --quick    # random ViT-Tiny, 1 split, 1 epoch (~1 min)
 
 On the Quick demo's tuning splits (seeds 1-6 of its data, as benchmarks/quick_demo_recipe.py) and with

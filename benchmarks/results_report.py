@@ -23,6 +23,7 @@ from benchmarks.accuracy_report import accuracy_section, load_matrices
 from benchmarks.charts import write_chart
 from benchmarks.elastic_report import elastic_section, load_elastic
 from pyra.report.tables import markdown_table
+from pyra.run.head_start import PROBE_C
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -148,7 +149,7 @@ def quick_demo_recipe_section(reports: list[dict]) -> list[str]:
             markdown_table(["split seed", "setting", *headers[3:-1]], per_split), ""]
 
 
-FEATURE_VARIANTS = (("fine-tuned", "fine-tuned"), ("re-probed", "re-probed (head refitted, C = 1)"),
+FEATURE_VARIANTS = (("fine-tuned", "fine-tuned"), ("re-probed", f"re-probed (head refitted, C = {PROBE_C:g})"),
                     ("head kept", "head kept (only LoRA / PYRA trained)"))
 
 
