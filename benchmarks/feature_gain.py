@@ -24,18 +24,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from benchmarks.quick_demo_recipe import FULL, METHODS, QUICK, probe, trained_levels
+from benchmarks.quick_demo_recipe import FULL, METHODS, QUICK, level_accuracies, probe, trained_levels
 from pyra.data.datasets import load_dataset
 from pyra.method.elastic import head_start_fractions, scaled_schedule
-from pyra.method.patch import set_schedule
 from pyra.report.stats import paired_seed_difference
 from pyra.report.tables import machine_info
-from pyra.run.head_start import PROBE_C, fit_probe, probe_features
+from pyra.run.head_start import PROBE_C, fit_head
 from pyra.run.one_run import make_run_config, model_dataset
-from pyra.run.predict import predict
 from pyra.run.run_config import build_model
 from pyra.run.train import TrainConfig, train
 from pyra_app.settings import compare_config
@@ -45,26 +42,10 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("fine-tuned", "re-probed", "head kept")
 
 
-def accuracies(model: torch.nn.Module, val_set, target: list[int], method: str) -> dict[str, float]:
-    """Accuracy (%) at every level fraction `method`'s model was trained for."""
-    scores = {}
-    for fraction in trained_levels(method):
-        set_schedule(model, scaled_schedule(target, fraction))
-        scores[str(fraction)] = round(100 * predict(model, val_set, batch_size=32).accuracy, 2)
-    set_schedule(model, target)
-    return scores
-
-
 def reprobe(model: torch.nn.Module, train_set, target: list[int], elastic: str) -> None:
     """Refit `model.head` (C = PROBE_C) on the model's own features of `train_set`, pooled at the levels
-    the head start pooled (only the target for a model that does not merge)."""
-    fractions = head_start_fractions(elastic) if any(target) else (1.0,)
-    parts = [probe_features(model, train_set, scaled_schedule(target, f)) for f in fractions]
-    weight, bias = fit_probe(np.concatenate([f for f, _ in parts]), np.concatenate([y for _, y in parts]),
-                             model.head.out_features, PROBE_C)
-    with torch.no_grad():
-        model.head.weight.copy_(torch.from_numpy(weight))
-        model.head.bias.copy_(torch.from_numpy(bias))
+    the head start pooled (`elastic` "off", as for a model that does not merge: the target only)."""
+    fit_head(model, train_set, [scaled_schedule(target, f) for f in head_start_fractions(elastic)], PROBE_C)
 
 
 def cell(data, grid: dict, method: str, config: TrainConfig) -> dict[str, dict[str, float]]:
@@ -80,11 +61,11 @@ def cell(data, grid: dict, method: str, config: TrainConfig) -> dict[str, dict[s
             model.head.requires_grad_(False)
         result = train(model, train_set, config)
         if head_kept:
-            scores["head kept"] = accuracies(model, val_set, target, method)
+            scores["head kept"] = level_accuracies(model, val_set, target, method, digits=2)
             continue
-        scores["fine-tuned"] = accuracies(model, val_set, target, method)
+        scores["fine-tuned"] = level_accuracies(model, val_set, target, method, digits=2)
         reprobe(model, train_set, target, result.elastic)
-        scores["re-probed"] = accuracies(model, val_set, target, method)
+        scores["re-probed"] = level_accuracies(model, val_set, target, method, digits=2)
     return scores
 
 
@@ -95,8 +76,8 @@ def summarise(cells: list[dict], probes: dict[str, dict[str, float]]) -> dict[st
         for fraction in trained_levels(method):
             level = str(fraction)
             summary[f"{method}@{level}"] = {}
+            mine = [c for c in cells if c["method"] == method]
             for variant in VARIANTS:
-                mine = [c for c in cells if c["method"] == method]
                 difference = paired_seed_difference([c[variant][level] for c in mine],
                                                     [probes[str(c["split_seed"])][level] for c in mine])
                 summary[f"{method}@{level}"][variant] = {

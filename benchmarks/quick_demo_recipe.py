@@ -80,12 +80,18 @@ def cell(data, grid: dict, method: str, lr: float, head_start_c: float) -> dict[
                           schedule=QUICK_DEMO_TRAIN.schedule, train_config=config, device="cpu")
     model = build_model(run)
     train(model, model_dataset(model, data.train), config)
-    val = model_dataset(model, data.val)
+    return level_accuracies(model, model_dataset(model, data.val), list(run.schedule), method)
+
+
+def level_accuracies(model: torch.nn.Module, val_set, target: list[int], method: str,
+                     digits: int = 1) -> dict[str, float]:
+    """Accuracy (%, rounded to `digits`) of a trained model at every level fraction of `target` that `method`'s
+    model was trained for; the model is left at `target`."""
     scores = {}
     for fraction in trained_levels(method):
-        if method != "none":
-            set_schedule(model, scaled_schedule(list(run.schedule), fraction))
-        scores[str(fraction)] = round(100 * predict(model, val, batch_size=32).accuracy, 1)
+        set_schedule(model, scaled_schedule(target, fraction))
+        scores[str(fraction)] = round(100 * predict(model, val_set, batch_size=32).accuracy, digits)
+    set_schedule(model, target)
     return scores
 
 
