@@ -343,8 +343,7 @@ def onnx_summary(info: Any) -> str:
     merging = (f"{'PYRA' if info.method == 'pyra' else 'ToMe'} merging {sum(info.schedule)} tokens over the "
                "layers" if merges else "no merging")
     return (f"**{size_text(info.bytes)}**, {info.img_size} px, batch {info.batch}, {merging}, "
-            f"{len(info.classes)} classes. onnxruntime's logits were within {info.max_abs_difference:.1e} of "
-            "the model's on the check images.")
+            f"{len(info.classes)} classes. {info.check.describe()}")
 
 
 def python_snippet(run_key: str, zip_name: str) -> str:

@@ -104,3 +104,78 @@ def test_matching_order_in_an_export_equals_a_stable_descending_argsort_with_tie
         assert torch.equal(exported_kept, order[:, r:].sort(dim=1).values)
         eager_src, eager_kept = _split_by_score(values, r)
         assert torch.equal(eager_src, exported_src) and torch.equal(eager_kept, exported_kept)
+
+
+def best_partners(metric: torch.Tensor, num_protected: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, N, C] -> ([B, N_A] each A token's highest cosine similarity to an unprotected B token, [B, N_A] that
+    B token's index in set B), by loops; -inf for a protected A token."""
+    batch, num_tokens, _ = metric.shape
+    best = torch.full((batch, (num_tokens + 1) // 2), -math.inf, dtype=torch.float64)
+    partner = torch.zeros(batch, (num_tokens + 1) // 2, dtype=torch.int64)
+    for b in range(batch):
+        for a in range(num_protected + num_protected % 2, num_tokens, 2):
+            for d in range(num_protected + 1 - num_protected % 2, num_tokens, 2):
+                similarity = float(torch.nn.functional.cosine_similarity(metric[b, a], metric[b, d], dim=0))
+                if similarity > best[b, a // 2]:
+                    best[b, a // 2], partner[b, a // 2] = similarity, d // 2
+    return best, partner
+
+
+def with_sources(matching, src_idx: torch.Tensor, kept_idx: torch.Tensor, dst_idx: torch.Tensor | None = None):
+    from pyra.method.merge import Matching
+
+    return Matching(src_idx, matching.dst_idx if dst_idx is None else dst_idx, kept_idx, matching.scores,
+                    matching.num_protected)
+
+
+@pytest.mark.parametrize("num_protected", [0, 1, 2, 5])
+def test_a_matching_made_by_the_rule_falls_short_by_nothing(num_protected):
+    from pyra.method.merge import matching_shortfall
+
+    metric = torch.randn(3, 21, 8, generator=torch.Generator().manual_seed(num_protected))
+    for r in (0, 1, 4, 8):
+        matching = bipartite_soft_matching(metric, r, num_protected)
+        assert torch.equal(matching_shortfall(metric, matching), torch.zeros(3))
+
+
+def test_a_swapped_matching_falls_short_by_the_similarity_it_gives_up():
+    """A kept token swapped in for the last source, sources out of order, a second-best destination: the
+    shortfall is the gap in best-partner similarity (worked out by loops), and nothing for exact ties."""
+    from pyra.method.merge import matching_shortfall
+
+    metric = torch.randn(1, 21, 8, generator=torch.Generator().manual_seed(3))
+    matching = bipartite_soft_matching(metric, 4, 1)
+    best, partner = (t[0] for t in best_partners(metric.double(), 1))
+    src, kept = matching.src_idx[0].tolist(), matching.unm_idx[0].tolist()
+    assert matching.dst_idx[0].tolist() == partner[src].tolist()
+    runner_up = max(kept[1:], key=lambda k: best[k])  # the most similar kept token (kept[0]: the class token)
+    swapped = with_sources(matching, torch.tensor([src[:-1] + [runner_up]]),
+                           torch.tensor([sorted([k for k in kept if k != runner_up] + [src[-1]])]),
+                           torch.tensor([partner[src[:-1] + [runner_up]].tolist()]))
+    assert float(matching_shortfall(metric, swapped)) == pytest.approx(float(best[src[-1]] - best[runner_up]), abs=1e-6)
+    other = (int(partner[src[-1]]) + 1) % 10  # not the last source's best partner in set B
+    second = with_sources(matching, matching.src_idx, matching.unm_idx, torch.tensor([partner[src].tolist()[:-1] + [other]]))
+    given = torch.nn.functional.cosine_similarity(metric[0, 2 * src[-1]].double(), metric[0, 2 * other + 1].double(), dim=0)
+    assert float(matching_shortfall(metric, second)) == pytest.approx(float(best[src[-1]] - given), abs=1e-6)
+    reordered = with_sources(matching, matching.src_idx.flip(1), matching.unm_idx, matching.dst_idx.flip(1))
+    assert float(matching_shortfall(metric, reordered)) == pytest.approx(float(best[src[0]] - best[src[-1]]), abs=1e-6)
+    tied = torch.cat([metric[:, :1], metric[:, 3:5].repeat(1, 3, 1)], dim=1)  # two A tokens, two B: all alike
+    tie_matching = bipartite_soft_matching(tied, 2, 1)
+    flipped = with_sources(tie_matching, tie_matching.src_idx.flip(1), tie_matching.unm_idx, tie_matching.dst_idx.flip(1))
+    assert not torch.equal(flipped.src_idx, tie_matching.src_idx)
+    assert float(matching_shortfall(tied, flipped)) == 0.0
+
+
+def test_a_matching_that_merges_a_protected_token_or_drops_one_falls_short_without_bound():
+    from pyra.method.merge import matching_shortfall
+
+    metric = torch.randn(1, 21, 8, generator=torch.Generator().manual_seed(4))
+    matching = bipartite_soft_matching(metric, 3, 1)
+    kept = matching.unm_idx[0].tolist()  # starts with the protected class token, A position 0
+    protected_merged = with_sources(matching, torch.tensor([[0] + matching.src_idx[0, 1:].tolist()]),
+                                    torch.tensor([sorted(kept[1:] + [int(matching.src_idx[0, 0])])]))
+    assert math.isinf(float(matching_shortfall(metric, protected_merged)))
+    duplicated = with_sources(matching, matching.src_idx[:, [0, 0, 1]], matching.unm_idx)
+    assert math.isinf(float(matching_shortfall(metric, duplicated)))
+    descending_kept = with_sources(matching, matching.src_idx, matching.unm_idx.flip(1))
+    assert math.isinf(float(matching_shortfall(metric, descending_kept)))

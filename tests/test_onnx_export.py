@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from conftest import make_tiny
+from conftest import image_batch, make_tiny
 
 from pyra.method.patch import patch
 from pyra.run.onnx_export import export_model, onnx_metadata
@@ -82,3 +82,93 @@ def test_the_export_tab_exports_the_shipped_default_backbone_run(tmp_path, monke
     assert np.abs(runtime_logits(Path(path), (image - mean) / std) - expected).max() <= 1e-4
     with pytest.raises(Exception, match="Choose the compression level"):
         tab_export.export_onnx(session, "pyra@0", 7)
+
+
+def test_an_export_that_ranks_tokens_otherwise_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """An exported graph that merges the least similar tokens first is caught by the matching check (it would
+    also change the logits) and nothing is written."""
+    import pyra.method.merge as merge
+
+    split = merge._split_by_score
+    monkeypatch.setattr(merge, "_split_by_score",
+                        lambda score, r: split(-score if torch.compiler.is_exporting() else score, r))
+    model = make_tiny("vit_tiny_patch16_224")
+    patch(model, method="tome", schedule=[4] * 12)
+    with pytest.raises(ValueError, match="not the most similar"):
+        export_model(model, tmp_path / "model.onnx", classes=list("abcde"), batch=2)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_an_export_whose_merge_computes_otherwise_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Merges that choose the right tokens but average them wrongly in the graph: the logits, compared with the
+    same merges, catch it."""
+    import pyra.method.patch as patched
+
+    weighted = patched.merge_weighted
+
+    def off_by_a_little(matching, x, size, modulate=None):
+        out, new_size = weighted(matching, x, size, modulate)
+        return (out * 1.01 if torch.compiler.is_exporting() else out), new_size
+
+    monkeypatch.setattr(patched, "merge_weighted", off_by_a_little)
+    model = make_tiny("vit_tiny_patch16_224")
+    patch(model, method="pyra", schedule=[4] * 12)
+    _randomise_gates(model)
+    with pytest.raises(ValueError, match="with the same merges"):
+        export_model(model, tmp_path / "model.onnx", classes=list("abcde"), batch=2)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_the_check_counts_images_merged_otherwise_and_compares_them_with_the_same_merges(monkeypatch) -> None:
+    """Runtime outputs made by torch itself with image 1's first matching reversed: with a tie tolerance that
+    admits the reversal, only image 1 is counted, the logits agree with the same merges, and its difference
+    from torch's own merges is reported; with the real tolerance the reversal is refused."""
+    from pyra.method.merge import Matching
+    from pyra.method.patch import replaying
+    from pyra.run import onnx_check
+
+    model = make_tiny("vit_tiny_patch16_224")
+    patch(model, method="pyra", schedule=[4] * 12)
+    _randomise_gates(model)
+    images = image_batch(model, batch=2)
+    with torch.no_grad():
+        own = model(images)
+        matchings = [m for _, m in model.merge_state.matchings]
+    first = matchings[0]
+    reversed_src, reversed_dst = first.src_idx.clone(), first.dst_idx.clone()
+    reversed_src[1], reversed_dst[1] = first.src_idx[1].flip(0), first.dst_idx[1].flip(0)
+    matchings[0] = Matching(reversed_src, reversed_dst, first.unm_idx, first.scores, first.num_protected)
+    with torch.no_grad(), replaying(model, matchings):
+        runtime = model(images)
+    outputs = [runtime.numpy()] + [t.numpy() for m in matchings for t in (m.src_idx, m.dst_idx, m.unm_idx, m.scores)]
+    strict = onnx_check.check_outputs(model, images, outputs)
+    assert strict.near_tie_images == 1 and "not the most similar" in strict.problem()
+    monkeypatch.setattr(onnx_check, "TIE_TOLERANCE", 10.0)
+    check = onnx_check.check_outputs(model, images, outputs)
+    assert check.problem() is None and check.check_images == 2 and check.near_tie_images == 1
+    assert check.max_abs_difference == 0.0 and check.max_shortfall == strict.max_shortfall > 0
+    assert check.near_tie_max_abs_difference == pytest.approx(float((runtime[1] - own[1]).abs().max()))
+    assert check.near_tie_max_abs_difference > 1e-3 and torch.equal(runtime[0], own[0])
+    assert "On 1 of them" in check.describe()
+
+
+@pytest.mark.slow
+def test_the_default_backbone_at_336_px_exports_where_near_ties_round_differently(tmp_path: Path) -> None:
+    """The shipped DINOv2 at 336 px (577 tokens), PYRA at "high": its similarities tie to within float rounding
+    on most images, which onnxruntime and torch can round differently. The export is written, and each check
+    image either gives torch's logits or is counted as merged otherwise among near-ties."""
+    from pyra.backbones.factory import create_backbone
+    from pyra.run.onnx_check import TIE_TOLERANCE
+
+    torch.manual_seed(0)
+    model = patch(create_backbone("default", num_classes=5, img_size=336).eval(), "pyra", "high")
+    _randomise_gates(model)
+    info = export_model(model, tmp_path / "model.onnx", classes=list("abcde"), dynamic_batch=True, check_images=3)
+    check = info.check
+    assert check.max_abs_difference <= 1e-4 and check.max_shortfall <= TIE_TOLERANCE
+    images = torch.randn(3, 3, 336, 336, generator=torch.Generator().manual_seed(0))  # the check's own images
+    with torch.no_grad():
+        own = model(images).numpy()
+    per_image = np.abs(runtime_logits(tmp_path / "model.onnx", images) - own).max(axis=1)
+    assert int((per_image > 1e-4).sum()) <= check.near_tie_images
+    assert check.near_tie_max_abs_difference == pytest.approx(float(per_image.max()), abs=1e-4)

@@ -76,10 +76,9 @@ def _split_by_score(best_score: Tensor, r: int) -> tuple[Tensor, Tensor]:
     return order[:, :r], order[:, r:].sort(dim=1).values
 
 
-@torch.no_grad()
-def bipartite_soft_matching(metric: Tensor, r: int, num_protected: int) -> Matching:
-    """metric: [B, N, Ck] (keys averaged over heads) -> Matching of min(r, max_merge) pairs."""
-    r = min(r, max_merge(metric.shape[1], num_protected))
+def _similarities(metric: Tensor, num_protected: int) -> Tensor:
+    """metric: [B, N, Ck] -> [B, N_A, N_B] cosine similarity of each A token to each B token, -inf
+    where either is protected."""
     metric = metric.float()
     metric = metric / torch.linalg.vector_norm(metric, dim=-1, keepdim=True).clamp_min(1e-12)  # as F.normalize
     scores = metric[:, ::2] @ metric[:, 1::2].transpose(-1, -2)  # [B, N_A, N_B]
@@ -87,7 +86,14 @@ def bipartite_soft_matching(metric: Tensor, r: int, num_protected: int) -> Match
         scores.narrow(1, 0, math.ceil(num_protected / 2)).fill_(-math.inf)
     if num_protected > 1:  # protected B tokens: odd positions < P
         scores.narrow(2, 0, num_protected // 2).fill_(-math.inf)
-    best_score, best_dst = scores.max(dim=-1)  # [B, N_A]
+    return scores
+
+
+@torch.no_grad()
+def bipartite_soft_matching(metric: Tensor, r: int, num_protected: int) -> Matching:
+    """metric: [B, N, Ck] (keys averaged over heads) -> Matching of min(r, max_merge) pairs."""
+    r = min(r, max_merge(metric.shape[1], num_protected))
+    best_score, best_dst = _similarities(metric, num_protected).max(dim=-1)  # [B, N_A]
     src_idx, unm_idx = _split_by_score(best_score, r)
     return Matching(
         src_idx=src_idx,
@@ -96,6 +102,35 @@ def bipartite_soft_matching(metric: Tensor, r: int, num_protected: int) -> Match
         scores=best_score.gather(1, src_idx),
         num_protected=num_protected,
     )
+
+
+@torch.no_grad()
+def matching_shortfall(metric: Tensor, matching: Matching) -> Tensor:
+    """metric: [B, N, Ck] and a matching of its tokens (made elsewhere, e.g. by an exported model) -> [B]:
+    the largest cosine-similarity gap by which the matching departs from `bipartite_soft_matching`'s rule.
+
+    Counted: a destination less similar than its source's best partner; a kept token whose best
+    partner is more similar than a merged source's; a source ranked before a more similar one. 0 for the
+    rule's own matching, and for any that differs from it only among exactly tied similarities; inf when
+    a protected token is merged or into, or when the merged and kept tokens do not split set A.
+    """
+    scores = _similarities(metric, matching.num_protected)  # [B, N_A, N_B]
+    batch, num_a, num_b = scores.shape
+    src, dst, kept = matching.src_idx, matching.dst_idx, matching.unm_idx
+    best = scores.max(dim=-1).values  # [B, N_A]
+    src_best = best.gather(1, src)  # [B, r]
+    chosen = scores.gather(1, src[..., None].expand(-1, -1, num_b)).gather(2, dst[..., None]).squeeze(-1)  # [B, r]
+    gaps = [src_best - chosen]  # [B, r] each: a worse destination than the best
+    if matching.r > 1:  # a later source more similar than any before it
+        gaps.append(src_best[:, 1:] - src_best.cummin(dim=1).values[:, :-1])
+    if matching.r > 0 and kept.shape[1] > 0:  # a kept token more similar than the least similar source
+        gaps.append(best.gather(1, kept).amax(dim=1, keepdim=True) - src_best.amin(dim=1, keepdim=True))
+    shortfall = torch.cat(gaps, dim=1).nan_to_num(nan=math.inf).clamp_min(0).amax(dim=1) if matching.r > 0 \
+        else scores.new_zeros(batch)
+    positions = torch.arange(num_a, device=scores.device)
+    splits = (torch.cat([src, kept], dim=1).sort(dim=1).values == positions).all(dim=1)  # [B]
+    ascending = (kept[:, 1:] > kept[:, :-1]).all(dim=1)
+    return torch.where(splits & ascending, shortfall, torch.full_like(shortfall, math.inf))
 
 
 def _protected_order(num_protected: int) -> list[int]:

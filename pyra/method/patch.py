@@ -6,8 +6,9 @@ Everything that lasts one forward lives in a `MergeState` rebuilt at the start o
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,8 @@ class MergeState:
     size: Optional[Tensor] = None  # [B, N, 1] input tokens each token stands for; None = all ones
     source: Optional[Tensor] = None  # [B, N, N_0], only when tracing
     layers: list[LayerRecord] = field(default_factory=list)
+    replay: Optional[Sequence[Matching]] = None  # merge with these, one per merging layer, instead of matching
+    matchings: list[tuple[Tensor, Matching]] = field(default_factory=list)  # (metric [B, N, Dh], matching) per merge
 
     def attention_bias(self, dtype: torch.dtype) -> Optional[Tensor]:
         """[B, 1, 1, N] log-size bias for proportional attention, or None when all sizes are 1."""
@@ -66,7 +69,7 @@ class MergeState:
     def merge(self, layer: int, x: Tensor, metric: Optional[Tensor], modulator: Optional[TokenModulator]) -> Tensor:
         """x: [B, N, D], metric: [B, N, Dh] (None when this layer does not merge) -> x with N - r tokens."""
         r = self.config.schedule[layer] if self.merges_at(layer) else 0
-        matching = bipartite_soft_matching(metric, r, self.num_protected) if r > 0 else None
+        matching = self._matching(metric, r) if r > 0 else None
         gates: list[Optional[Tensor]] = [None, None]  # channel, token gate (filled when tracing PYRA)
         if matching is not None and matching.r > 0:
             use_pyra = self.config.method == "pyra"
@@ -81,6 +84,15 @@ class MergeState:
         if self.config.trace_source:
             self._record(x, matching, gates)
         return x
+
+    def _matching(self, metric: Tensor, r: int) -> Matching:
+        """This layer's matching: computed from `metric`, or the next replayed one."""
+        if self.replay is None:
+            matching = bipartite_soft_matching(metric, r, self.num_protected)
+        else:
+            matching = self.replay[len(self.matchings)]
+        self.matchings.append((metric.detach(), matching))
+        return matching
 
     def _current_source(self, x: Tensor) -> Tensor:
         """[B, N, N_0] map of the input tokens each token of x holds (the identity before any merge)."""
@@ -171,11 +183,12 @@ class MergingVisionTransformerMixin:
 
     merge_config: MergeConfig
     merge_state: Optional[MergeState]
+    merge_replay: Optional[Sequence[Matching]]  # set by `replaying`
 
     def forward_features(self, x: Tensor, attn_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
         if attn_mask is not None or is_causal:
             raise ValueError("a token-merging model does not take an attention mask")
-        state = MergeState(self.merge_config, num_protected=self.num_prefix_tokens)
+        state = MergeState(self.merge_config, num_protected=self.num_prefix_tokens, replay=self.merge_replay)
         self.merge_state = state
         x = self.norm_pre(self.patch_drop(self._pos_embed(self.patch_embed(x))))
         for block in self.blocks:
@@ -290,6 +303,7 @@ def patch(
     model.__class__ = _merging_class(type(model))
     model.merge_config = MergeConfig(method, resolved, prop_attn, trace_source)
     model.merge_state = None
+    model.merge_replay = None
     return model
 
 
@@ -325,6 +339,18 @@ def set_schedule(
     trace = config.trace_source if trace_source is None else trace_source
     model.merge_config = replace(config, method=method, schedule=resolved, trace_source=trace)
     return model
+
+
+@contextmanager
+def replaying(model: nn.Module, matchings: Sequence[Matching]) -> Iterator[None]:
+    """Within the block, `model`'s forwards merge with `matchings` (one per merging layer, in order, e.g. an
+    exported model's) instead of matching tokens themselves; each layer's metric and matching are kept on
+    `model.merge_state.matchings` as usual."""
+    model.merge_replay = matchings
+    try:
+        yield
+    finally:
+        model.merge_replay = None
 
 
 def token_sources(model: nn.Module) -> list[Tensor]:
