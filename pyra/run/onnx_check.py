@@ -67,10 +67,11 @@ class ExportCheck:
 
     def describe(self) -> str:
         """The check's outcome in a sentence or two, for a person."""
-        text = (f"onnxruntime's logits were within {self.max_abs_difference:.1e} of torch's on the {self.check_images} "
-                f"check image(s), merging the same tokens.")
+        images = "the check image" if self.check_images == 1 else f"the {self.check_images} check images"
+        text = f"onnxruntime's logits were within {self.max_abs_difference:.1e} of torch's on {images}, merging the same tokens."
         if self.near_tie_images:
-            text += (f" On {self.near_tie_images} of them, similarities tied to within {self.max_shortfall:.0e} rounded "
+            which = "On it" if self.check_images == 1 else f"On {self.near_tie_images} of them"
+            text += (f" {which}, similarities tied to within {self.max_shortfall:.0e} rounded "
                      "differently in the two runtimes, so each merged other tokens and the logits differed by up to "
                      f"{self.near_tie_max_abs_difference:.2g}.")
         return text

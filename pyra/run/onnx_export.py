@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -60,7 +61,8 @@ class ExportInfo:
 
 def export_model(model: nn.Module, path: str | Path, *, classes: list[str], batch: int = 1,
                  dynamic_batch: bool = False, check_images: int = 3) -> ExportInfo:
-    """Write `model` (patched, at the schedule it should run; LoRA merged or absent) to `path`.
+    """Write `model` (patched, at the schedule it should run; LoRA merged or absent) to `path`, after
+    checking it on at least `check_images` random images.
 
     Raises ValueError, writing nothing, when the check (`pyra.run.onnx_check`) finds the export wrong.
     """
@@ -76,8 +78,9 @@ def export_model(model: nn.Module, path: str | Path, *, classes: list[str], batc
         program = torch.onnx.export(WithMatchings(model).eval(), (example,), dynamo=True, opset_version=OPSET,
                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME, *matching_names(model)],
                                     dynamic_shapes=shapes, verbose=False)
-    images = torch.randn(traced, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-    check = check_outputs(model, images, _run(program.model_proto.SerializeToString(), images.numpy()))
+    count = traced * math.ceil(check_images / traced)  # a fixed batch runs the images in several calls
+    images = torch.randn(count, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
+    check = check_outputs(model, images, _run(program.model_proto.SerializeToString(), images.numpy(), traced))
     if check.problem() is not None:
         raise ValueError(f"{check.problem()}; nothing was written")
     del program.model.graph.outputs[1:]  # the matchings were for the check; the file returns the logits
@@ -129,9 +132,12 @@ def onnx_logits(path: str | Path, images: np.ndarray) -> np.ndarray:
     return _run(str(path), images)[0]
 
 
-def _run(model: str | bytes, images: np.ndarray) -> list[np.ndarray]:
-    """Every output of an ONNX model (a path or its bytes) on [B, 3, H, W] images, in onnxruntime on the CPU."""
+def _run(model: str | bytes, images: np.ndarray, batch: Optional[int] = None) -> list[np.ndarray]:
+    """Every output of an ONNX model (a path or its bytes) on [B, 3, H, W] images, in onnxruntime on the CPU,
+    `batch` images per call (default: all in one)."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
-    return session.run(None, {INPUT_NAME: images.astype(np.float32)})
+    step = batch or len(images)
+    calls = [session.run(None, {INPUT_NAME: images[i:i + step].astype(np.float32)}) for i in range(0, len(images), step)]
+    return [np.concatenate(parts) for parts in zip(*calls)]
