@@ -6,7 +6,7 @@
 Starts `python app.py` on 127.0.0.1, opens a fresh page (the session opens on the shipped worked
 example), and on each tab does what a visitor would first do there: Compare waits for the speed
 measured on this server, Token maps and Inside a layer draw the example photo "astronaut", Export
-builds the PYRA adapter. Desktop is 1400 px wide, phone 390 px. The first screen (the Compare tab at
+builds the PYRA adapter and its ONNX file. Desktop is 1400 px wide, phone 390 px. The first screen (the Compare tab at
 desktop width) is also written to <out>/screenshot.png, the picture at the top of README.md.
 """
 from __future__ import annotations
@@ -73,6 +73,8 @@ def visit(page, tab: str) -> None:
     elif tab == "7. Export":
         page.get_by_role("button", name="Build adapter zip").click()
         expect(page.locator("#ex-zip")).to_contain_text(".zip", timeout=60_000)
+        page.get_by_role("button", name="Build ONNX file").click()
+        page.get_by_text("onnxruntime's logits were within").wait_for(timeout=180_000)
     page.wait_for_timeout(2000)  # plots and images settle
 
 
