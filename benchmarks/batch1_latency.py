@@ -9,18 +9,21 @@ architecture at 112 px (65 tokens) with a 10-class head, built by `pyra.run.spee
 (PYRA's gates get small random values so it does its full work); schedules low = [5] * 11 + [4]
 and high = [13, 11, 10, 8, 6, 5, 3, 3, 1, 1, 1, 1]. In eager torch only, "drop low" / "drop high" is
 timm discarding the last r tokens of each layer where the merge would run: the same token counts with
-nothing spent on choosing or averaging tokens, so the speed-up no merging model can exceed. With
---compile (the default), torch.compile'd copies of timm, ToMe and PYRA too, each checked against its
-eager logits (1e-4). Each round times one batch-1 forward of every model in a fixed order (eager,
-compiled, then onnxruntime), after warm-up rounds; reported: median latency [p25-p75] in ms, the
-speed-up of the median over timm in the same runtime (for onnxruntime: the unmerged export), and over
-eager torch timm. Writes OUT/perf/batch1_latency.json and the table into OUT/PERFORMANCE.md between
-the batch1_latency markers (default OUT: docs/); with --threads N > 1, batch1_latency_threadsN.json
-and markers.
+nothing spent on choosing or averaging tokens, so the speed-up no merging model can exceed. The same
+eager models run again with their linear weights stored column-major (`pyra.run.cpu_layout`, as
+`compare` and `eval` time them), timm and the bound included. With --compile (the default),
+torch.compile'd copies of timm, ToMe and PYRA too, each checked against its eager logits (1e-4). Each
+round times one batch-1 forward of every model in a fixed order (eager, column-major, compiled, then
+onnxruntime), after warm-up rounds; reported: median latency [p25-p75] in ms, the speed-up of the
+median over timm in the same runtime (for onnxruntime: the unmerged export), and over eager torch
+timm (stock weights). Writes OUT/perf/batch1_latency.json and the table into OUT/PERFORMANCE.md
+between the batch1_latency markers (default OUT: docs/); with --threads N > 1,
+batch1_latency_threadsN.json and markers.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
 import time
@@ -32,6 +35,7 @@ import torch
 
 from pyra.backbones.factory import create_backbone
 from pyra.report.tables import machine_info, markdown_table, write_section
+from pyra.run.cpu_layout import column_major_linears
 from pyra.run.onnx_export import export_model
 from pyra.run.speed import Spread
 from pyra.run.speed_bench import bench_models
@@ -40,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 IMG_SIZE = 112
 SCHEDULES = {"low": [5] * 11 + [4], "high": [13, 11, 10, 8, 6, 5, 3, 3, 1, 1, 1, 1]}
 ARCH = "random:vit_small_patch14_dinov2"
+COLUMN_MAJOR = "torch, column-major weights"  # eager torch with `column_major_linears` (what `compare` and `eval` time)
 
 
 class TokenDropping(torch.nn.Module):
@@ -106,17 +111,19 @@ def measure(rounds: int, warmup: int, folder: Path, threads: int, with_compile: 
     models = build_models()
     image = torch.randn(1, 3, IMG_SIZE, IMG_SIZE, generator=torch.Generator().manual_seed(0))
     feed = image.numpy()
-    runners: dict[str, Callable[[], object]] = {}  # "RUNTIME MODEL" -> one batch-1 forward
-    runners |= {f"torch {name}": partial(model, image) for name, model in models.items()}
-    runners |= {f"torch {name}": partial(model, image) for name, model in dropping_models(models["timm"]).items()}
+    runners: dict[tuple[str, str], Callable[[], object]] = {}  # (runtime, model) -> one batch-1 forward
+    eager = models | dropping_models(models["timm"])
+    runners |= {("torch", name): partial(model, image) for name, model in eager.items()}
+    laid_out = {name: column_major_linears(copy.deepcopy(model)) for name, model in eager.items()}
+    runners |= {(COLUMN_MAJOR, name): partial(model, image) for name, model in laid_out.items()}
     compile_seconds: dict[str, float] = {}
     if with_compile:
         compiled, compile_seconds = compiled_models(models, image)
-        runners |= {f"torch.compile {name}": partial(model, image) for name, model in compiled.items()}
+        runners |= {("torch.compile", name): partial(model, image) for name, model in compiled.items()}
     for name, model in models.items():
         path = folder / f"{name.replace(' ', '-')}.onnx"
         export_model(model, path, classes=[str(i) for i in range(10)], batch=1)
-        runners[f"onnxruntime {name}"] = partial(runtime_session(path, threads).run, None, {"image": feed})
+        runners[("onnxruntime", name)] = partial(runtime_session(path, threads).run, None, {"image": feed})
     times: dict[str, list[float]] = {key: [] for key in runners}
     with torch.inference_mode():
         for index in range(warmup + rounds):
@@ -125,11 +132,10 @@ def measure(rounds: int, warmup: int, folder: Path, threads: int, with_compile: 
                 run()
                 if index >= warmup:
                     times[key].append(time.perf_counter() - tic)
-    eager_timm = Spread.of(times["torch timm"]).median * 1000
+    eager_timm = Spread.of(times[("torch", "timm")]).median * 1000
     rows = []
-    for key, seconds in times.items():
-        runtime, name = key.split(" ", 1)
-        spread, base = Spread.of([1000 * s for s in seconds]), Spread.of(times[f"{runtime} timm"]).median * 1000
+    for (runtime, name), seconds in times.items():
+        spread, base = Spread.of([1000 * s for s in seconds]), Spread.of(times[(runtime, "timm")]).median * 1000
         rows.append({"runtime": runtime, "model": name, "median_ms": round(spread.median, 3),
                      "p25_ms": round(spread.p25, 3), "p75_ms": round(spread.p75, 3),
                      "speedup": round(base / spread.median, 3),

@@ -206,6 +206,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from pyra.method.lora import merge_lora
     from pyra.method.patch import set_schedule
     from pyra.run.checkpoint import load_run
+    from pyra.run.cpu_layout import column_major_linears
 
     config = load_config(args.run_dir)
     source = args.data or config.data_source
@@ -235,7 +236,8 @@ def run_eval(args: argparse.Namespace) -> int:
         baseline, _ = load_run(args.run_dir)
         set_schedule(model, applied, method=method)
         set_schedule(baseline, 0, method="none")
-        models = {"uncompressed": merge_lora(baseline.to(default_device())), "compressed": merge_lora(model)}
+        models = {"uncompressed": column_major_linears(merge_lora(baseline.to(default_device()))),
+                  "compressed": column_major_linears(merge_lora(model))}
         if args.compile:
             models = {name: torch.compile(m, dynamic=False) for name, m in models.items()}
         stats = measure_speed(models, img_size=config.img_size, batch_size=args.batch, repeats=args.repeats,

@@ -36,6 +36,7 @@ from pyra.run.comparison import (
     model_key,
     sweep_levels,
 )
+from pyra.run.cpu_layout import column_major_linears
 from pyra.run.executors import Executor, InProcess, TrainingJob
 from pyra.run.metrics import classification_report, evaluate
 from pyra.run.one_run import make_run_config, model_dataset
@@ -307,13 +308,13 @@ def _gflops(name: str, level: Level, geo) -> float:
 
 def _measure_level(run_dirs: dict[str, Path], loaded: dict[str, nn.Module], seed: int, level: Level,
                    key_of: Callable, config: CompareConfig) -> dict:
-    """Latency and throughput at `level` of the three trained models that give its rows (LoRA merged in);
-    `loaded` keeps each model across levels."""
+    """Latency and throughput at `level` of the three trained models that give its rows (LoRA merged in, weights
+    laid out for CPU inference); `loaded` keeps each model across levels."""
     chosen = {}
     for name, method in TRAINED_METHODS.items():
         key = key_of(name, seed, level)
         if key not in loaded:
-            loaded[key] = merge_lora(load_run(run_dirs[key])[0].to(config.device))
+            loaded[key] = column_major_linears(merge_lora(load_run(run_dirs[key])[0].to(config.device)))
         model = loaded[key]
         schedule = level.schedule if name != "uncompressed" and any(level.schedule) else [0] * len(level.schedule)
         chosen[name] = set_schedule(model, schedule, method=method if any(schedule) else "none")
