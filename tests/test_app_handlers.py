@@ -207,6 +207,26 @@ def test_compare_table_formatting():
     assert len(table[0]) == len(views.COMPARE_HEADERS)
 
 
+def test_the_level_headline_explains_a_batch_of_one_only_where_it_gains_less_or_loses():
+    from types import SimpleNamespace
+
+    level = SimpleNamespace(index=1, fraction=1.0, label="8 tokens merged", schedule=[4, 4], flops_ratio=2.0)
+    base = {"method": "uncompressed", "throughput": 100.0, "latency_ms": 20.0}
+
+    def headline(pyra_throughput: float, pyra_latency_ms: float, schedule=(4, 4)) -> str:
+        pyra = {"method": "pyra", "throughput": pyra_throughput, "latency_ms": pyra_latency_ms}
+        return views.level_description(SimpleNamespace(**{**vars(level), "schedule": list(schedule)}), [base, pyra], 2)
+
+    gains_less = headline(180.0, 16.0)
+    assert "throughput speed-up 1.80x, batch-1 latency speed-up 1.25x" in gains_less
+    assert views.BATCH1_NOTE in gains_less and views.BATCH1_SLOWER_NOTE not in gains_less
+    slower = headline(180.0, 25.0)
+    assert "batch-1 latency speed-up 0.80x" in slower and views.BATCH1_SLOWER_NOTE in slower
+    assert views.BATCH1_NOTE not in slower
+    for text in (headline(180.0, 20.0 / 1.8), headline(100.0, 25.0, schedule=(0, 0))):  # as much; no merging
+        assert views.BATCH1_NOTE not in text and views.BATCH1_SLOWER_NOTE not in text
+
+
 def test_select_level_uses_the_cached_result_and_changes_with_the_level(tmp_path):
     session = Session(workdir=tmp_path, result=FakeResult())
     text0, table0, verdicts0, hint0, chart0 = tab_compare.select_level(session, 0)
@@ -214,7 +234,7 @@ def test_select_level_uses_the_cached_result_and_changes_with_the_level(tmp_path
     assert "Level 1 of 2" in text0 and "Level 2 of 2" in text1 and "`4 4`" in text1
     assert "measured PYRA throughput speed-up 1.80x" in text1
     assert "batch-1 latency speed-up 1.80x" in text1  # the fake rows' latency is 1000 / throughput
-    assert views.BATCH1_NOTE in text1 and views.BATCH1_NOTE not in text0  # said where tokens are merged
+    assert views.BATCH1_NOTE not in text1  # a batch of one gains as much as a batch here: nothing to explain
     assert table0.values.tolist() != table1.values.tolist()
     assert "no clear difference" in verdicts1 and "No paired comparisons" in verdicts0
     assert "40 validation images" in hint1 and hint1.startswith("⚠️")  # 40 images resolve only ~20 points
