@@ -339,3 +339,14 @@ def test_feature_gain_verdict_calls_a_gain_only_when_its_interval_excludes_zero(
     assert "puts LoRA above the probe" in feature_gain_verdict(summary(0.5, 2.0))
     assert "every fine-tuned merging model is above the probe" in feature_gain_verdict(summary(-0.5, 2.0))
     assert "every fine-tuned merging model" not in feature_gain_verdict(summary(-0.5, -0.1))
+
+
+def test_linear_layout_quick_times_every_row_count_both_ways(tmp_path: Path) -> None:
+    from benchmarks.linear_layout import ROWS, THREADS
+
+    run_script("linear_layout.py", "--quick", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "perf" / "linear_layout.json").read_text())
+    assert [(r["threads"], r["rows"]) for r in report["results"]] == [(t, n) for t in THREADS for n in ROWS]
+    for r in report["results"]:
+        assert r["ratio"] == pytest.approx(r["row-major_us"][0] / r["column-major_us"][0], abs=0.006)
+        assert all(r[key][1] <= r[key][0] <= r[key][2] for key in ("row-major_us", "column-major_us"))

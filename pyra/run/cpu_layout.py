@@ -2,10 +2,11 @@
 
 nn.Linear keeps its weight [out, in] row-major, and F.linear multiplies the tokens by its transpose.
 MKL's single-precision matrix product is much slower with that transposed operand when the tokens
-are few: on a 2-core Xeon at 2 threads, [40, 384] x [384, 1536] takes 738 us that way and 332 us
-with the transpose stored contiguous. Batch-1 ViT layers after merging have 10 to 60 tokens, so
-storing each weight column-major (its transpose contiguous; the same values, the same shape) makes
-a merged model's batch-1 forward about 1.2-1.4x faster and timm's up to 1.1x (docs/PERFORMANCE.md).
+are few: a ViT-S block's linear layers at 40 tokens take 1.28x as long at 1 thread and 2.25x at 2
+threads as with each transpose stored contiguous (`benchmarks/linear_layout.py`). Batch-1 layers
+after merging have 10 to 60 tokens, so storing each weight column-major (the same values, the same
+shape) makes a merged model's batch-1 forward 1.14x faster at 1 thread and up to 1.3x at 2, and
+timm's 1.1-1.16x (`benchmarks/batch1_latency.py`, docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 
