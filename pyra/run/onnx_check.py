@@ -71,9 +71,9 @@ class ExportCheck:
         text = f"onnxruntime's logits were within {self.max_abs_difference:.1e} of torch's on {images}, merging the same tokens."
         if self.near_tie_images:
             which = "On it" if self.check_images == 1 else f"On {self.near_tie_images} of them"
-            text += (f" {which}, similarities tied to within {self.max_shortfall:.0e} rounded "
-                     "differently in the two runtimes, so each merged other tokens and the logits differed by up to "
-                     f"{self.near_tie_max_abs_difference:.2g}.")
+            tied = f"to within {self.max_shortfall:.0e}" if self.max_shortfall > 0 else "exactly in torch"
+            text += (f" {which}, similarities tied {tied} rounded differently in the two runtimes, so each "
+                     f"merged other tokens and the logits differed by up to {self.near_tie_max_abs_difference:.2g}.")
         return text
 
     def problem(self) -> str | None:

@@ -80,7 +80,8 @@ def export_model(model: nn.Module, path: str | Path, *, classes: list[str], batc
                                     dynamic_shapes=shapes, verbose=False)
     count = traced * math.ceil(check_images / traced)  # a fixed batch runs the images in several calls
     images = torch.randn(count, 3, img_size, img_size, generator=torch.Generator().manual_seed(0))
-    check = check_outputs(model, images, _run(program.model_proto.SerializeToString(), images.numpy(), traced))
+    outputs = _run(program.model_proto.SerializeToString(), images.numpy(), traced)
+    check = check_outputs(model, images, outputs)
     if check.problem() is not None:
         raise ValueError(f"{check.problem()}; nothing was written")
     del program.model.graph.outputs[1:]  # the matchings were for the check; the file returns the logits
@@ -91,6 +92,9 @@ def export_model(model: nn.Module, path: str | Path, *, classes: list[str], batc
     program.model.doc_string = ("Exported by pyra: a timm Vision Transformer with LoRA merged and token merging at a "
                                 "fixed schedule.")
     program.save(str(path), external_data=False)
+    if not np.array_equal(_run(str(path), images.numpy(), traced)[0], outputs[0]):  # the file is the graph checked
+        path.unlink()
+        raise ValueError("the written file's logits differ from the checked graph's; nothing was written")
     return ExportInfo(str(path), path.stat().st_size, method, schedule, None if dynamic_batch else batch, img_size,
                       list(classes), check)
 
