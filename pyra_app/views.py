@@ -362,6 +362,7 @@ from PIL import Image
 import pyra
 from pyra.backbones.factory import data_config
 from pyra.run.checkpoint import load_run
+from pyra.run.cpu_layout import column_major_linears
 from pyra.data.datasets import make_transform
 from pyra.data.images import to_rgb
 
@@ -370,6 +371,7 @@ IMAGE = "photo.jpg"  # any image to classify
 zipfile.ZipFile("{zip_name}").extractall("{folder}")
 model, config = load_run("{folder}")  # backbone + LoRA + merging, adapter loaded, eval mode
 pyra.merge_lora(model)                 # fold LoRA into the weights: no extra cost at inference
+column_major_linears(model)            # the same weights, laid out for faster CPU inference of one image
 print(config.classes, config.method, list(config.schedule))  # tokens merged per layer
 
 transform = make_transform(data_config(model), config.img_size)
