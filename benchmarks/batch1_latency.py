@@ -124,7 +124,7 @@ def measure(rounds: int, warmup: int, folder: Path, threads: int, with_compile: 
         path = folder / f"{name.replace(' ', '-')}.onnx"
         export_model(model, path, classes=[str(i) for i in range(10)], batch=1)
         runners[("onnxruntime", name)] = partial(runtime_session(path, threads).run, None, {"image": feed})
-    times: dict[str, list[float]] = {key: [] for key in runners}
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
     with torch.inference_mode():
         for index in range(warmup + rounds):
             for key, run in runners.items():

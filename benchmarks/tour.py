@@ -6,8 +6,9 @@
 Starts `python app.py` on 127.0.0.1, opens a fresh page (the session opens on the shipped worked
 example), and on each tab does what a visitor would first do there: Compare waits for the speed
 measured on this server, Token maps and Inside a layer draw the example photo "astronaut", Export
-builds the PYRA adapter and its ONNX file. Desktop is 1400 px wide, phone 390 px. The first screen (the Compare tab at
-desktop width) is also written to <out>/screenshot.png, the picture at the top of README.md.
+builds the PYRA adapter and its ONNX file. Desktop is 1400 px wide, phone 390 px. The first screen
+(the Compare tab at desktop width) is also written to <out>/screenshot.png, the picture at the top
+of README.md.
 """
 from __future__ import annotations
 
