@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,25 +86,55 @@ def test_matching_respects_protection_and_cap():
     torch.testing.assert_close(source.sum(1), torch.ones(2, 11))
 
 
-def test_matching_order_in_an_export_equals_a_stable_descending_argsort_with_ties(monkeypatch) -> None:
-    """The pairwise ranking an ONNX export uses picks the same sources, in the same order, and the
-    same kept tokens as torch's stable argsort, also when scores tie (blank patches) or are -inf."""
-    from pyra.method.merge import _split_by_score
+class _SplitByScore(torch.nn.Module):
+    def __init__(self, r: int) -> None:
+        super().__init__()
+        self.r = r
 
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        width = int(torch.randint(1, 40, (), generator=generator))
+    def forward(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from pyra.method.merge import _split_by_score
+
+        return _split_by_score(values, self.r)
+
+
+@pytest.mark.parametrize("width, r", [(33, 13), (33, 0), (8, 8), (1, 1)])
+def test_matching_order_in_onnxruntime_equals_a_stable_descending_argsort_with_ties(tmp_path, width, r) -> None:
+    """The ranking an ONNX export runs (TopK), in onnxruntime, picks the same sources, in the same order, and
+    the same kept tokens as torch's stable argsort, also when scores tie (blank patches) or are -inf."""
+    import contextlib
+    import io
+
+    import onnxruntime
+
+    path = tmp_path / "split.onnx"
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(_SplitByScore(r), (torch.zeros(3, width),), str(path), dynamo=True, external_data=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(width + r)
+    for _ in range(50):
         values = torch.randint(-3, 3, (3, width), generator=generator).float()
         values[values == -3] = -math.inf
         order = values.argsort(dim=1, descending=True, stable=True)
-        r = int(torch.randint(0, width + 1, (), generator=generator))
-        with monkeypatch.context() as patched:
-            patched.setattr(torch.compiler, "is_exporting", lambda: True)
-            exported_src, exported_kept = _split_by_score(values, r)
-        assert torch.equal(exported_src, order[:, :r])
-        assert torch.equal(exported_kept, order[:, r:].sort(dim=1).values)
-        eager_src, eager_kept = _split_by_score(values, r)
-        assert torch.equal(eager_src, exported_src) and torch.equal(eager_kept, exported_kept)
+        exported_src, exported_kept = session.run(None, {session.get_inputs()[0].name: values.numpy()})
+        assert np.array_equal(exported_src, order[:, :r].numpy())
+        assert np.array_equal(exported_kept, order[:, r:].sort(dim=1).values.numpy())
+
+
+@pytest.mark.parametrize("num_protected", [0, 1, 5])
+def test_the_forms_an_export_traces_merge_as_eager_torch_does(monkeypatch, num_protected) -> None:
+    """The matching and merge an export traces (protection as an added mask, flat rows for a fixed batch of
+    one) give exactly what eager torch gives (distinct scores, so the rankings cannot differ by ties)."""
+    metric, x = torch.randn(1, 21, 8, dtype=torch.float64), torch.randn(1, 21, 6)
+    size = torch.rand(1, 21, 1) + 0.5
+    eager = bipartite_soft_matching(metric, 7, num_protected)
+    expected = merge_weighted(eager, x, size)
+    with monkeypatch.context() as patched:
+        patched.setattr(torch.compiler, "is_exporting", lambda: True)
+        traced = bipartite_soft_matching(metric, 7, num_protected)
+        out, new_size = merge_weighted(traced, x, size)
+    for name in ("src_idx", "dst_idx", "unm_idx", "scores"):
+        assert torch.equal(getattr(traced, name), getattr(eager, name)), name
+    assert torch.equal(out, expected[0]) and torch.equal(new_size, expected[1])
 
 
 def best_partners(metric: torch.Tensor, num_protected: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,6 +51,10 @@ def test_pyra_with_registers_exports_exactly(tmp_path: Path) -> None:
     check_export("vit_small_patch14_reg4_dinov2", "pyra", [3, 3, 2, 2], tmp_path, dynamic_batch=False)
 
 
+def test_tome_with_a_dynamic_batch_exports_exactly(tmp_path: Path) -> None:
+    check_export("vit_tiny_patch16_224", "tome", [2] * 12, tmp_path, dynamic_batch=True)
+
+
 def test_an_unmerged_model_exports_exactly(tmp_path: Path) -> None:
     check_export("vit_tiny_patch16_224", "none", 0, tmp_path, dynamic_batch=True)
 

@@ -46,32 +46,15 @@ def max_merge(num_tokens: int, num_protected: int) -> int:
     return max(num_tokens - num_protected, 0) // 2
 
 
-def _descending_rank(values: Tensor) -> Tensor:
-    """[B, M] -> [B, M] int64: each entry's place when sorted largest first, ties by position (the
-    inverse permutation of `argsort(descending=True, stable=True)`). Counted pairwise, which
-    exports to ONNX (it has no stable sort) and costs no more than the [B, N_A, N_B] scores."""
-    positions = torch.arange(values.shape[1], device=values.device)
-    earlier = positions[None, :] < positions[:, None]  # [i, j]: j comes before i
-    ahead = (values[:, None, :] > values[:, :, None]) | ((values[:, None, :] == values[:, :, None]) & earlier)
-    return ahead.sum(dim=-1)  # [B, i]: how many entries sort before entry i
-
-
-def _positions_by_slot(slot: Tensor, taken: Tensor, count: int) -> Tensor:
-    """slot, taken: [B, M] -> [B, count]: the positions p with taken[p], each placed at slot[p]
-    (the taken slots are 0..count-1 exactly once; the others go to a spare slot, dropped)."""
-    positions = torch.arange(slot.shape[1], device=slot.device).expand_as(slot)
-    index = torch.where(taken, slot, torch.full_like(slot, count))
-    return slot.new_zeros(slot.shape[0], count + 1).scatter(1, index, positions)[:, :count]
-
-
 def _split_by_score(best_score: Tensor, r: int) -> tuple[Tensor, Tensor]:
     """best_score: [B, N_A] -> (the r best positions, most similar first [B, r]; the others,
     ascending [B, N_A - r]); ties go to the earlier position. Eager runs torch's stable argsort;
-    an ONNX export counts the same order pairwise (ONNX has no stable sort)."""
+    an ONNX export runs TopK, whose specification breaks ties by the lower index (ONNX has no
+    stable sort, and torch's topk promises no order among ties, so only the export uses it)."""
     if torch.compiler.is_exporting():
-        rank = _descending_rank(best_score)  # [B, N_A]
-        kept = rank >= r
-        return _positions_by_slot(rank, ~kept, r), _positions_by_slot(kept.cumsum(dim=1) - 1, kept, rank.shape[1] - r)
+        order = best_score.topk(best_score.shape[1], dim=1).indices
+        kept = order[:, r:]
+        return order[:, :r], kept.topk(kept.shape[1], dim=1, largest=False).values if kept.shape[1] else kept
     order = best_score.argsort(dim=1, descending=True, stable=True)
     return order[:, :r], order[:, r:].sort(dim=1).values
 
@@ -82,11 +65,22 @@ def _similarities(metric: Tensor, num_protected: int) -> Tensor:
     metric = metric.float()
     metric = metric / torch.linalg.vector_norm(metric, dim=-1, keepdim=True).clamp_min(1e-12)  # as F.normalize
     scores = metric[:, ::2] @ metric[:, 1::2].transpose(-1, -2)  # [B, N_A, N_B]
+    if torch.compiler.is_exporting():  # one addition of a constant instead of two scatters
+        return scores + _protection_mask(*scores.shape[1:], num_protected, scores.device)
     if num_protected > 0:  # protected A tokens: even positions < P
         scores.narrow(1, 0, math.ceil(num_protected / 2)).fill_(-math.inf)
     if num_protected > 1:  # protected B tokens: odd positions < P
         scores.narrow(2, 0, num_protected // 2).fill_(-math.inf)
     return scores
+
+
+def _protection_mask(num_a: int, num_b: int, num_protected: int, device: torch.device) -> Tensor:
+    """[N_A, N_B]: -inf in the rows and columns of protected tokens, 0 elsewhere (built from constants, so an
+    export stores it)."""
+    mask = torch.zeros(num_a, num_b, device=device)
+    mask[: math.ceil(num_protected / 2)] = -math.inf
+    mask[:, : num_protected // 2] = -math.inf
+    return mask
 
 
 @torch.no_grad()
@@ -180,14 +174,16 @@ def _kept_positions(matching: Matching, num_tokens: int) -> list[Tensor]:
 
 
 def _one_image(x: Tensor) -> bool:
-    """True for an eager batch of one, whose rows are indexed directly (an export keeps the
-    general form, so that a dynamic batch is never specialised to 1)."""
+    """True for an eager batch of one, whose rows are indexed directly (an export takes the flat form,
+    which needs fewer ONNX operations)."""
     return x.shape[0] == 1 and not torch.compiler.is_exporting()
 
 
 def _flat_rows(index: Tensor, num_tokens: int) -> Tensor:
     """index [B, K] of rows in [B, N, C] -> [B * K] rows of its [B * N, C] flattening."""
     batch = index.shape[0]
+    if type(batch) is int and batch == 1:  # a fixed batch of one (a dynamic batch is symbolic, never taken for 1)
+        return index.reshape(-1)
     return (index + torch.arange(0, batch * num_tokens, num_tokens, device=index.device)[:, None]).reshape(-1)
 
 

@@ -61,7 +61,8 @@ class MergeState:
         """[B, 1, 1, N] log-size bias for proportional attention, or None when all sizes are 1."""
         if not self.config.prop_attn or self.size is None:
             return None
-        return self.size.log().to(dtype).transpose(1, 2)[:, None]
+        batch, num_tokens, _ = self.size.shape
+        return self.size.log().to(dtype).view(batch, 1, 1, num_tokens)
 
     def merges_at(self, layer: int) -> bool:
         return self.config.method != "none" and self.config.schedule[layer] > 0

@@ -5,7 +5,7 @@
     logits = onnx_logits("model.onnx", images)                # images [B, 3, H, W], normalised
 
 A schedule fixes the tokens of every layer, so the graph has static shapes (only the batch may
-vary). The merge is written with gathers, scatters and a pairwise ranking, all of which ONNX has
+vary). The merge is written with gathers, scatters and TopK, all of which ONNX has
 (`pyra.method.merge`). The file's metadata (keys under `pyra.`) records what is needed to run it
 without this package: class names, image size, mean and std, the schedule and the method.
 Exported with torch's dynamo exporter (needs `onnxscript`); checked in onnxruntime against the
