@@ -23,7 +23,8 @@ ADAPTER_NOTE = ("**Adapter zip** for Python: the run's LoRA, PYRA and head weigh
 ONNX_NOTE = ("**ONNX file** for deployment without PyTorch or this app: LoRA folded into the weights, "
              "merging fixed at the chosen level, batch 1. Its metadata says how to feed it (`pyra.img_size`, "
              "`pyra.mean`, `pyra.std`, `pyra.classes`). Building it takes about half a minute and waits for "
-             "the training slot; the file is checked in onnxruntime against the model before it is offered.")
+             "the training slot; the file is checked in onnxruntime against the model before it is offered, and "
+             "timed against it on this server.")
 
 
 def build(c: SimpleNamespace) -> None:

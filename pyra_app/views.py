@@ -347,7 +347,8 @@ def onnx_summary(info: Any) -> str:
     merging = (f"{'PYRA' if info.method == 'pyra' else 'ToMe'} merging {sum(info.schedule)} tokens over the "
                "layers" if merges else "no merging")
     return (f"**{size_text(info.bytes)}**, {info.img_size} px, batch {info.batch}, {merging}, "
-            f"{len(info.classes)} classes. {info.check.describe()}")
+            f"{len(info.classes)} classes. {info.check.describe()}"
+            + (f"\n\n**Speed on this server.** {info.speed.describe()}" if info.speed is not None else ""))
 
 
 def python_snippet(run_key: str, zip_name: str) -> str:

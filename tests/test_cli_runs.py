@@ -162,6 +162,10 @@ def test_export_writes_an_onnx_file_that_gives_the_runs_logits(trained_run, imag
     model, config = load_run(run_dir)
     assert info["schedule"] == list(config.schedule) and any(config.schedule) and info["method"] == "pyra"
     assert info["batch"] is None and info["max_abs_difference"] <= 1e-4
+    speed = info["speed"]  # timed at batch 1, the dynamic file's smallest
+    assert speed["batch"] == 1 and 3 <= speed["rounds"] <= 10 and speed["threads"] >= 1
+    assert speed["torch_ms"]["median"] > 0 and speed["onnxruntime_ms"]["median"] > 0
+    assert speed["speedup"] == pytest.approx(speed["torch_ms"]["median"] / speed["onnxruntime_ms"]["median"])
     model = merge_lora(model).eval()
     images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

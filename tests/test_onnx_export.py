@@ -55,6 +55,28 @@ def test_tome_with_a_dynamic_batch_exports_exactly(tmp_path: Path) -> None:
     check_export("vit_tiny_patch16_224", "tome", [2] * 12, tmp_path, dynamic_batch=True)
 
 
+def test_the_timing_of_an_export_runs_its_bounded_rounds_in_both_runtimes(tmp_path: Path, monkeypatch) -> None:
+    """At least MIN_ROUNDS rounds however long they take, at most MAX_ROUNDS however short; each round runs both
+    runtimes once on the export's batch."""
+    import pyra.run.onnx_speed as onnx_speed
+
+    model = make_tiny("vit_tiny_patch16_224")
+    patch(model, method="tome", schedule=[2] * 12)
+    path = tmp_path / "model.onnx"
+    export_model(model, path, classes=list("abcde"), batch=2)
+    calls = {"torch": 0}
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda images: calls.__setitem__("torch", calls["torch"] + 1) or forward(images))
+    monkeypatch.setattr(onnx_speed, "TIME_BUDGET_S", 0.0)
+    fewest = onnx_speed.measure_export_speed(model, path, batch=2)
+    assert fewest.rounds == onnx_speed.MIN_ROUNDS and calls["torch"] == onnx_speed.MIN_ROUNDS + 1  # + warm-up
+    monkeypatch.setattr(onnx_speed, "TIME_BUDGET_S", 1e9)
+    most = onnx_speed.measure_export_speed(model, path, batch=2)
+    assert most.rounds == onnx_speed.MAX_ROUNDS and most.batch == 2 and most.threads == torch.get_num_threads()
+    assert most.speedup == most.torch_ms.median / most.onnxruntime_ms.median
+    assert most.describe().startswith("A batch of 2: ") and "ms in onnxruntime" in most.describe()
+
+
 def test_an_unmerged_model_exports_exactly(tmp_path: Path) -> None:
     check_export("vit_tiny_patch16_224", "none", 0, tmp_path, dynamic_batch=True)
 
@@ -75,6 +97,7 @@ def test_the_export_tab_exports_the_shipped_default_backbone_run(tmp_path, monke
     path, summary = tab_export.export_onnx(session, "pyra@0", target)
     assert Path(path).parent == session.workdir / "exports" and path.endswith("-level3.onnx")
     assert "batch 1, PYRA merging" in summary and "within" in summary
+    assert "Speed on this server.** One image: " in summary and "ms in onnxruntime" in summary
     metadata = onnx_metadata(path)
     model, config = load_run(session.result.run_dirs["pyra@0"])
     set_schedule(model.eval(), list(session.result.levels[target].schedule))

@@ -387,7 +387,8 @@ def run_export(args: argparse.Namespace) -> int:
                       dynamic_batch=args.dynamic_batch)
     batch = "any batch" if info.batch is None else f"batch {info.batch}"
     emit(info.to_dict(), f"{info.path}: {info.method} at {info.schedule}, {batch}, {info.img_size} px, "
-                         f"{len(info.classes)} classes, {info.bytes / 2**20:.1f} MB. {info.check.describe()}",
+                         f"{len(info.classes)} classes, {info.bytes / 2**20:.1f} MB. {info.check.describe()} "
+                         f"{info.speed.describe()}",
          args.json)
     return 0
 

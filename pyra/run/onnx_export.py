@@ -9,7 +9,8 @@ vary). The merge is written with gathers, scatters and TopK, all of which ONNX h
 (`pyra.method.merge`). The file's metadata (keys under `pyra.`) records what is needed to run it
 without this package: class names, image size, mean and std, the schedule and the method.
 Exported with torch's dynamo exporter (needs `onnxscript`); checked in onnxruntime against the
-torch model on random images, merges included (`pyra.run.onnx_check`), before it is written.
+torch model on random images, merges included (`pyra.run.onnx_check`), before it is written;
+`export_run` then times the file against the torch model (`pyra.run.onnx_speed`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import contextlib
 import io
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +32,9 @@ from pyra.method.lora import merge_lora
 from pyra.method.patch import geometry, set_schedule
 from pyra.method.schedule import Method, ScheduleSpec, resolve_schedule
 from pyra.run.checkpoint import load_run
+from pyra.run.cpu_layout import column_major_linears
 from pyra.run.onnx_check import ExportCheck, WithMatchings, check_outputs, matching_names
+from pyra.run.onnx_speed import ExportSpeed, measure_export_speed
 
 __all__ = ["ExportInfo", "export_model", "export_run", "onnx_logits", "onnx_metadata", "OPSET"]
 
@@ -51,12 +54,13 @@ class ExportInfo:
     img_size: int
     classes: list[str]
     check: ExportCheck  # onnxruntime vs torch on the check images
+    speed: Optional[ExportSpeed] = None  # the file against the torch model, timed on this machine (export_run)
 
     def to_dict(self) -> dict:
-        """Flat: the check's fields beside the file's."""
+        """Flat: the check's fields beside the file's; the timing under "speed"."""
         fields = asdict(self)
         check = fields.pop("check")
-        return {**fields, **check}
+        return {**fields, **check, "speed": self.speed.to_dict() if self.speed is not None else None}
 
 
 def export_model(model: nn.Module, path: str | Path, *, classes: list[str], batch: int = 1,
@@ -102,13 +106,16 @@ def export_model(model: nn.Module, path: str | Path, *, classes: list[str], batc
 def export_run(run_dir: str | Path, path: str | Path, *, schedule: Optional[ScheduleSpec] = None,
                method: Optional[Method] = None, batch: int = 1, dynamic_batch: bool = False) -> ExportInfo:
     """Export a run folder's model at `schedule` (default: the one it was trained for) with `method`
-    (default: its own; "none" or schedule 0 exports it without merging)."""
+    (default: its own; "none" or schedule 0 exports it without merging), then time the file against the
+    torch model (column-major weights, as `compare` times it) on the exported batch (1 when dynamic)."""
     model, config = load_run(run_dir)
     applied = list(config.schedule) if schedule is None else resolve_schedule(schedule, geometry(model))
     chosen = method or config.method
     set_schedule(model, applied, method=chosen if any(applied) else "none")
-    return export_model(merge_lora(model), path, classes=list(config.classes), batch=batch,
+    info = export_model(merge_lora(model), path, classes=list(config.classes), batch=batch,
                         dynamic_batch=dynamic_batch)
+    speed = measure_export_speed(column_major_linears(model), info.path, info.batch or 1)
+    return replace(info, speed=speed)
 
 
 def _metadata(model: nn.Module, classes: list[str], method: str, schedule: list[int],
