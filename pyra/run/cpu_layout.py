@@ -6,7 +6,7 @@ are few: a ViT-S block's linear layers at 40 tokens take 1.28x as long at 1 thre
 threads as with each transpose stored contiguous (`benchmarks/linear_layout.py`). Batch-1 layers
 after merging have 10 to 60 tokens, so storing each weight column-major (the same values, the same
 shape) makes a merged model's batch-1 forward 1.14x faster at 1 thread and up to 1.3x at 2, and
-timm's 1.1-1.16x (`benchmarks/batch1_latency.py`, docs/PERFORMANCE.md).
+timm's up to 1.16x (`benchmarks/batch1_latency.py`, docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 

@@ -43,9 +43,10 @@ class ExportSpeed:
         """The timing in a sentence, for a person."""
         what = "One image" if self.batch == 1 else f"A batch of {self.batch}"
         threads = f"{self.threads} thread{'s' * (self.threads > 1)}"
+        faster = (f"onnxruntime is {self.speedup:.2f}x as fast" if self.speedup >= 1
+                  else f"onnxruntime takes {1 / self.speedup:.2f}x as long")
         return (f"{what}: {self.onnxruntime_ms.median:.1f} ms in onnxruntime, {self.torch_ms.median:.1f} ms in "
-                f"PyTorch ({self.speedup:.2f}x; median of {self.rounds} interleaved runs each on this machine, "
-                f"{threads}).")
+                f"PyTorch; {faster} (medians of {self.rounds} interleaved runs each on this machine, {threads}).")
 
     def to_dict(self) -> dict:
         return {"batch": self.batch, "threads": self.threads, "rounds": self.rounds, "speedup": self.speedup,
