@@ -10,16 +10,15 @@ architecture at 112 px (65 tokens) with a 10-class head, built by `pyra.run.spee
 and high = [13, 11, 10, 8, 6, 5, 3, 3, 1, 1, 1, 1]. "drop low" / "drop high" is timm discarding the
 last r tokens of each layer where the merge would run: the same token counts with nothing spent on
 choosing or averaging tokens, so the speed-up no merging model can exceed (in eager torch, and in
-onnxruntime on its plain ONNX export). The same
-eager models run again with their linear weights stored column-major (`pyra.run.cpu_layout`, as
-`compare` and `eval` time them), timm and the bound included. With --compile (the default),
-torch.compile'd copies of timm, ToMe and PYRA too, each checked against its eager logits (1e-4). Each
-round times one batch-1 forward of every model after warm-up rounds: the runtimes in turn, and each
-runtime's models one after another (as a deployment runs only its own runtime: right after torch
-models, the merged ONNX graphs' speed-ups were 6-9% lower), both orders shuffled anew each round
-(seeded); reported: median latency [p25-p75] in ms, the speed-up of the
-median over timm in the same runtime (for onnxruntime: the unmerged export), and over eager torch
-timm (stock weights). Writes OUT/perf/batch1_latency.json and the table into OUT/PERFORMANCE.md
+onnxruntime on its plain ONNX export). The same eager models run again with their linear weights
+stored column-major (`pyra.run.cpu_layout`, as `compare` and `eval` time them), timm and the bound
+included. With --compile (the default), torch.compile'd copies of timm, ToMe and PYRA too, each
+checked against its eager logits (1e-4). Each round times one batch-1 forward of every model after
+warm-up rounds: the runtimes in turn, and each runtime's models one after another (as a deployment
+runs only its own runtime: right after torch models, the merged ONNX graphs' speed-ups were 6-9%
+lower), both orders shuffled anew each round (seeded); reported: median latency [p25-p75] in ms, the
+speed-up of the median over timm in the same runtime (for onnxruntime: the unmerged export), and over
+eager torch timm (stock weights). Writes OUT/perf/batch1_latency.json and the table into OUT/PERFORMANCE.md
 between the batch1_latency markers (default OUT: docs/); with --threads N > 1,
 batch1_latency_threadsN.json and markers.
 """
@@ -43,6 +42,7 @@ from pyra.backbones.factory import create_backbone
 from pyra.report.tables import machine_info, markdown_table, write_section
 from pyra.run.cpu_layout import column_major_linears
 from pyra.run.onnx_export import OPSET, export_model
+from pyra.run.onnx_speed import runtime_session
 from pyra.run.speed import Spread
 from pyra.run.speed_bench import bench_models
 
@@ -92,16 +92,6 @@ def export_plain(model: torch.nn.Module, image: torch.Tensor, path: Path) -> Non
                           output_names=["logits"], external_data=False)
 
 
-def runtime_session(path: Path, threads: int):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads would take the cores
-    # from the torch model timed next
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def compiled_models(models: dict[str, torch.nn.Module], image: torch.Tensor) -> tuple[dict, dict[str, float]]:
     """name -> torch.compile(model), each compiled by one call on `image` [1, 3, H, W], and the seconds that
     call took. Raises ValueError when a compiled model's logits differ from its eager ones by more than 1e-4."""
@@ -125,7 +115,8 @@ def measure(rounds: int, warmup: int, folder: Path, threads: int, with_compile: 
     image = torch.randn(1, 3, IMG_SIZE, IMG_SIZE, generator=torch.Generator().manual_seed(0))
     feed = image.numpy()
     runners: dict[tuple[str, str], Callable[[], object]] = {}  # (runtime, model) -> one batch-1 forward
-    eager = models | dropping_models(models["timm"])
+    drops = dropping_models(models["timm"])
+    eager = models | drops
     runners |= {("torch", name): partial(model, image) for name, model in eager.items()}
     laid_out = {name: column_major_linears(copy.deepcopy(model)) for name, model in eager.items()}
     runners |= {(COLUMN_MAJOR, name): partial(model, image) for name, model in laid_out.items()}
@@ -133,13 +124,12 @@ def measure(rounds: int, warmup: int, folder: Path, threads: int, with_compile: 
     if with_compile:
         compiled, compile_seconds = compiled_models(models, image)
         runners |= {("torch.compile", name): partial(model, image) for name, model in compiled.items()}
-    for name, model in models.items():
+    for name, model in eager.items():
         path = folder / f"{name.replace(' ', '-')}.onnx"
-        export_model(model, path, classes=[str(i) for i in range(10)], batch=1)
-        runners[("onnxruntime", name)] = partial(runtime_session(path, threads).run, None, {"image": feed})
-    for name, model in dropping_models(models["timm"]).items():
-        path = folder / f"{name.replace(' ', '-')}.onnx"
-        export_plain(model, image, path)
+        if name in drops:
+            export_plain(model, image, path)
+        else:
+            export_model(model, path, classes=[str(i) for i in range(10)], batch=1)
         runners[("onnxruntime", name)] = partial(runtime_session(path, threads).run, None, {"image": feed})
     times: dict[tuple[str, str], list[float]] = {key: [] for key in runners}
     blocks: dict[str, list[tuple[str, str]]] = {}  # runtime -> its (runtime, model) keys

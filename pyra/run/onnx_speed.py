@@ -18,7 +18,7 @@ from torch import nn
 
 from pyra.run.speed import Spread
 
-__all__ = ["ExportSpeed", "measure_export_speed"]
+__all__ = ["ExportSpeed", "measure_export_speed", "runtime_session"]
 
 MIN_ROUNDS, MAX_ROUNDS = 3, 10  # recorded rounds: at least MIN_ROUNDS, then more while within the time budget
 TIME_BUDGET_S = 5.0  # seconds of recorded rounds after which no new round starts
@@ -53,17 +53,23 @@ class ExportSpeed:
                 "torch_ms": self.torch_ms.to_dict(), "onnxruntime_ms": self.onnxruntime_ms.to_dict()}
 
 
+def runtime_session(path: str | Path, threads: int):
+    """An onnxruntime CPU session on the file at `path` with `threads` intra-op threads that sleep when idle
+    (spinning ones would take the cores from a torch model timed next to it)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 def measure_export_speed(model: nn.Module, path: str | Path, batch: int) -> ExportSpeed:
     """Time `model` (on the CPU, as it will be run in torch) and the ONNX file at `path` (its export) on the
     same random [batch, 3, H, W] images: one warm-up forward each, then MIN_ROUNDS to MAX_ROUNDS rounds,
     no new round after TIME_BUDGET_S seconds."""
-    import onnxruntime
-
     threads = torch.get_num_threads()
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = runtime_session(path, threads)
     size = model.patch_embed.img_size[0]
     images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     feed = {session.get_inputs()[0].name: images.numpy()}
