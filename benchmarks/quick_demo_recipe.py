@@ -2,22 +2,25 @@
 
     python benchmarks/quick_demo_recipe.py            # 6 splits x 2 learning rates x 2 C, ~60 min on 2 cores
     python benchmarks/quick_demo_recipe.py --batch-size 8 --lrs 5e-4,1e-3 --head-start-cs 1   # ~25 min
+    python benchmarks/quick_demo_recipe.py --max-per-class 50 --val-fraction 0.6 --epochs 1 --batch-size 8 \
+        --lrs 1e-3 --head-start-cs 0.2   # 200 training images seen once instead of 100 twice, ~12 min
     python benchmarks/quick_demo_recipe.py --quick    # random ViT-Tiny, 1 split, 1 epoch (~1 min)
 
-The Quick demo trains on 100 images for a few epochs, far fewer steps than the recipe search's
-runs, so its batch size, learning rate and the head start's inverse L2 strength C are chosen on
-its own data: the Fashion sample capped as in the demo but split with seeds 1 to 6 (the demo and
-docs/RESULTS.md use split seed 0). Per split and setting: uncompressed LoRA, and ToMe + LoRA and
-PYRA + LoRA trained elastically (sandwich), evaluated uncompressed, at half the target and at the
-target; and per split the frozen-feature probe (C = 1) at those levels. Each model is compared
-with the probe at the levels it was trained for (uncompressed LoRA: uncompressed only): the mean
-of the paired differences over the splits, with a 95% t-interval.
+The Quick demo trains on 100 images for a few epochs, far fewer steps than the recipe search's runs,
+so its batch size, learning rate and the head start's inverse L2 strength C are chosen on its own
+data: the Fashion sample capped as in the demo (or as --max-per-class and --val-fraction say) but
+split with seeds 1 to 6 (the demo and docs/RESULTS.md use split seed 0). Per split and setting:
+uncompressed LoRA, and ToMe + LoRA and PYRA + LoRA trained elastically (sandwich), evaluated
+uncompressed, at half the target and at the target; and per split the frozen-feature probe (C = 1)
+at those levels. Each model is compared with the probe on the same split at the levels it was
+trained for (uncompressed LoRA: uncompressed only): the mean of the paired differences over the
+splits, with a 95% t-interval.
 
-Each run writes <out>/results/quick_demo_recipe[-epochsE][-batchB][-lrL][-CC].json, named by
-its flags; the choice is made over every such file there, among the settings that fit the demo's
-time (models that see at most DEMO_TRAINING_IMAGES training images; a batch of 8 costs what a
-batch of 16 in two passes of 8 costs): the highest mean accuracy among those no worse than the
-probe anywhere, else the one whose worst margin over the probe is largest.
+Each run writes <out>/results/quick_demo_recipe[-perN][-valF][-epochsE][-batchB][-lrL][-CC].json,
+named by its flags; the choice is made over every such file there, among the settings that fit the
+demo's time (models that see at most DEMO_TRAINING_IMAGES training images; a batch of 8 costs what a
+batch of 16 in two passes of 8 costs): the highest mean accuracy among those no worse than the probe
+anywhere, else the one whose worst margin over the probe is largest.
 """
 from __future__ import annotations
 
@@ -95,24 +98,23 @@ def level_accuracies(model: torch.nn.Module, val_set, target: list[int], method:
     return scores
 
 
-def setting_key(cell: dict) -> tuple[int, int, float, float]:
-    """(epochs, batch size, lr, C) of one cell."""
-    return cell["epochs"], cell["batch_size"], cell["lr"], cell["head_start_c"]
+def setting_key(cell: dict) -> tuple[int, int, int, float, float]:
+    """(training images, epochs, batch size, lr, C) of one cell."""
+    return cell["n_train"], cell["epochs"], cell["batch_size"], cell["lr"], cell["head_start_c"]
 
 
-def summarise(cells: list[dict], probes: dict[str, dict[str, float]]) -> dict[str, dict]:
-    """Per setting (epochs, batch, lr, C): mean accuracy over every cell, each trained (method, level)'s
-    margin over the probe (mean over the splits, with a 95% t-interval of the paired differences), and
-    the worst margin."""
+def summarise(cells: list[dict]) -> dict[str, dict]:
+    """Per setting (training images, epochs, batch, lr, C): mean accuracy over every cell, each trained (method,
+    level)'s margin over the probe fitted on the cell's own split (mean over the splits, with a 95% t-interval of the
+    paired differences), and the worst margin."""
     summary = {}
     for key in sorted({setting_key(c) for c in cells}):
         mine = [c for c in cells if setting_key(c) == key]
-        margins = {f"{m}@{f}": paired_seed_difference([c[m][str(f)] for c in mine],
-                                                      [probes[str(c["split_seed"])][str(f)] for c in mine])
+        margins = {f"{m}@{f}": paired_seed_difference([c[m][str(f)] for c in mine], [c["probe"][str(f)] for c in mine])
                    for m in METHODS for f in trained_levels(m)}
-        summary[f"epochs={key[0]} batch={key[1]} lr={key[2]:g} C={key[3]:g}"] = {
-            "epochs": key[0], "batch_size": key[1], "lr": key[2], "head_start_c": key[3],
-            "steps": key[0] * math.ceil(mine[0]["n_train"] / key[1]), "images_seen": key[0] * mine[0]["n_train"],
+        summary[f"train={key[0]} epochs={key[1]} batch={key[2]} lr={key[3]:g} C={key[4]:g}"] = {
+            "n_train": key[0], "epochs": key[1], "batch_size": key[2], "lr": key[3], "head_start_c": key[4],
+            "steps": key[1] * math.ceil(key[0] / key[2]), "images_seen": key[1] * key[0],
             "mean_accuracy": round(statistics.mean(v for c in mine for m in METHODS for v in c[m].values()), 2),
             "margin_over_probe": {k: round(v.mean, 2) for k, v in margins.items()},
             "margin_interval": {k: [round(v.low, 2), round(v.high, 2)] if v.n > 1 else None
@@ -146,11 +148,10 @@ def _run_order(path: Path) -> tuple[int, str]:
     return (0 if path.stem == "quick_demo_recipe" else 1), path.stem
 
 
-def combined(reports: list[dict]) -> tuple[list[dict], dict[str, dict[str, float]]]:
-    """The cells of every run and the probe per split (the same for every run: it trains nothing)."""
-    cells = [cell for report in reports for cell in report["cells"]]
-    probes = {split: probe for report in reports for split, probe in report["probe"].items()}
-    return cells, probes
+def combined(reports: list[dict]) -> list[dict]:
+    """The cells of every run, each with the probe of its run's split (runs that cap or split the data differently
+    have different probes)."""
+    return [cell | {"probe": report["probe"][str(cell["split_seed"])]} for report in reports for cell in report["cells"]]
 
 
 def main() -> None:
@@ -161,6 +162,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, help="instead of the grid's 16")
     parser.add_argument("--lrs", help="comma-separated, instead of the grid's, e.g. 5e-4,1e-3")
     parser.add_argument("--head-start-cs", help="comma-separated, instead of the grid's, e.g. 1")
+    parser.add_argument("--max-per-class", type=int, help=f"instead of the demo's {QUICK_DEMO_DATA['max_per_class']}")
+    parser.add_argument("--val-fraction", type=float, help=f"instead of the demo's {QUICK_DEMO_DATA['val_fraction']}")
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -173,13 +176,14 @@ def main() -> None:
         grid["lrs"] = tuple(float(v) for v in args.lrs.split(","))
     if args.head_start_cs:
         grid["head_start_cs"] = tuple(float(v) for v in args.head_start_cs.split(","))
+    grid["max_per_class"] = args.max_per_class or QUICK_DEMO_DATA["max_per_class"]
+    grid["val_fraction"] = args.val_fraction or QUICK_DEMO_DATA["val_fraction"]
     start, cells, probes = time.perf_counter(), [], {}
     for split in grid["splits"]:
-        data = load_dataset(f"sample:{QUICK_DEMO_DATA['sample']}", Path(tempfile.mkdtemp()),
-                            val_fraction=QUICK_DEMO_DATA["val_fraction"], seed=split,
-                            max_per_class=QUICK_DEMO_DATA["max_per_class"])
-        probes[split] = probe(data, grid)
-        print(json.dumps({"split_seed": split, "probe": probes[split]}), flush=True)
+        data = load_dataset(f"sample:{QUICK_DEMO_DATA['sample']}", Path(tempfile.mkdtemp()), seed=split,
+                            val_fraction=grid["val_fraction"], max_per_class=grid["max_per_class"])
+        probes[str(split)] = probe(data, grid)
+        print(json.dumps({"split_seed": split, "probe": probes[str(split)]}), flush=True)
         for lr in grid["lrs"]:
             for head_start_c in grid["head_start_cs"]:
                 row = {"split_seed": split, "epochs": grid["epochs"], "batch_size": grid["batch_size"], "lr": lr,
@@ -187,19 +191,20 @@ def main() -> None:
                 row |= {method: cell(data, grid, method, lr, head_start_c) for method in METHODS}
                 cells.append(row)
                 print(json.dumps(row), flush=True)
-    flags = (("epochs", "epochs", args.epochs), ("batch-size", "batch", args.batch_size), ("lrs", "lr", args.lrs),
+    flags = (("max-per-class", "per", args.max_per_class), ("val-fraction", "val", args.val_fraction),
+             ("epochs", "epochs", args.epochs), ("batch-size", "batch", args.batch_size), ("lrs", "lr", args.lrs),
              ("head-start-cs", "C", args.head_start_cs))  # (flag, file-name tag, value)
     overrides = [f"--{flag} {value}" for flag, _, value in flags if value is not None]
     command = " ".join(["python benchmarks/quick_demo_recipe.py"] + (["--quick"] if args.quick else []) + overrides)
     report = {"command": command, "machine": machine_info(), "threads": args.threads, "grid": dict(grid),
-              "probe": {str(k): v for k, v in probes.items()}, "cells": cells,
-              "summary": summarise(cells, {str(k): v for k, v in probes.items()}),
+              "probe": probes, "cells": cells,
               "seconds": round(time.perf_counter() - start, 1)}
+    report["summary"] = summarise(combined([report]))
     suffix = "".join(f"-{tag}{str(value).replace(',', '_')}" for _, tag, value in flags if value is not None)
     path = args.out / "results" / f"quick_demo_recipe{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1) + "\n")
-    summary = summarise(*combined(load_reports(path.parent)))
+    summary = summarise(combined(load_reports(path.parent)))
     print(json.dumps(summary, indent=1), f"wrote {path}",
           f"chosen over every run in {path.parent}: {choose(summary, DEMO_TRAINING_IMAGES)}", sep="\n")
 

@@ -106,8 +106,8 @@ RECIPE_MODELS = (("none", "LoRA"), ("tome", "ToMe + LoRA"), ("pyra", "PYRA + LoR
 
 def quick_demo_recipe_section(reports: list[dict]) -> list[str]:
     """benchmarks/quick_demo_recipe.py, every run of it: how the Quick demo's training settings were chosen."""
-    cells, probes = recipe_runs.combined(reports)
-    summary = recipe_runs.summarise(cells, probes)
+    cells = recipe_runs.combined(reports)
+    summary = recipe_runs.summarise(cells)
     chosen = recipe_runs.choose(summary, recipe_runs.DEMO_TRAINING_IMAGES)
     margin_columns = [(m, f) for m, _ in RECIPE_MODELS for f in recipe_runs.trained_levels(m)]
     rows = []
@@ -119,34 +119,42 @@ def quick_demo_recipe_section(reports: list[dict]) -> list[str]:
             margins.append(f"{s['margin_over_probe'][name]:+.1f}"
                            + ("" if interval is None else f" [{interval[0]:+.1f}, {interval[1]:+.1f}]"))
         fits = "yes" if recipe_runs.fits(s) else "no: longer"
-        rows.append([("**" if key == chosen else "") + f"{s['epochs']} x {s['batch_size']}, lr {s['lr']:g}, C "
-                     f"{s['head_start_c']:g}" + ("**" if key == chosen else ""), str(s["steps"]), fits, *margins,
-                     f"{s['mean_accuracy']:.1f}"])
-    headers = ["epochs x batch, lr, C", "steps", "fits 3 min",
+        bold = "**" if key == chosen else ""
+        rows.append([f"{bold}{setting_label(s)}{bold}", str(s["steps"]), fits, *margins, f"{s['mean_accuracy']:.1f}"])
+    headers = ["training images, epochs x batch, lr, C", "steps", "fits 3 min",
                *[f"{label} at {f:g}" for m, label in RECIPE_MODELS for f in recipe_runs.trained_levels(m)],
                "mean accuracy %"]
-    per_split = []
-    for cell in cells:
-        per_split.append([str(cell["split_seed"]), f"{cell['epochs']} x {cell['batch_size']}, lr {cell['lr']:g}, "
-                          f"C {cell['head_start_c']:g}", *[f"{cell[m][str(f)]:.1f}" for m, f in margin_columns]])
-    for split, probe in sorted(probes.items(), key=lambda item: int(item[0])):
-        per_split.append([split, "frozen-feature probe (C = 1)", *[f"{probe[str(f)]:.1f}" for _, f in margin_columns]])
+    per_split = [[str(cell["split_seed"]), setting_label(cell), *[f"{cell[m][str(f)]:.1f}" for m, f in margin_columns]]
+                 for cell in cells]
+    probes = {(cell["split_seed"], cell["n_train"]): cell["probe"] for cell in cells}
+    for (split, n_train), probe in sorted(probes.items()):
+        per_split.append([str(split), f"{n_train}, frozen-feature probe (C = 1)",
+                          *[f"{probe[str(f)]:.1f}" for _, f in margin_columns]])
     s = summary[chosen]
     return ["### How the Quick demo's training settings were chosen", "",
             *[f"    {report['command']}" for report in reports], "",
             "The Quick demo trains on 100 images for a few epochs, far fewer steps than the runs the default recipe "
             "was chosen on, so its batch size, learning rate and head-start C were chosen on its own data, split with "
-            f"seeds the demo does not use (it reports split seed 0; here {len(probes)} splits, 300 validation images "
-            "each). Each cell is a model's accuracy minus the frozen-feature probe's at a level the model was trained "
-            "for, in points: the mean over the splits with its 95% t-interval. A setting fits the demo's 3 minutes "
+            f"seeds the demo does not use (it reports split seed 0; here {len({c['split_seed'] for c in cells})} splits, "
+            "300 validation images each). The first column counts the training images: 100 is the demo's 10 per "
+            "class; a run with more caps the sample higher and holds out a smaller share, so it keeps 300 validation "
+            "images and shows the models more different images for the same work. Each cell is a model's accuracy "
+            "minus the frozen-feature probe's on the same split at a level the model was trained for, in points: the "
+            "mean over the splits with its 95% t-interval. A setting fits the demo's 3 minutes "
             f"when its models see at most {recipe_runs.DEMO_TRAINING_IMAGES} training images (2 epochs of 100; a batch "
             "of 8 costs what the server's two passes of 8 for a batch of 16 cost). The choice, among those that fit: "
             "the highest mean accuracy among the settings never below the probe, else the smallest shortfall. Chosen: "
-            f"**{s['epochs']} epochs of batch {s['batch_size']} ({s['steps']} steps), lr {s['lr']:g}, C "
-            f"{s['head_start_c']:g}**.", "",
+            f"**{s['n_train']} training images, {s['epochs']} epochs of batch {s['batch_size']} ({s['steps']} steps), "
+            f"lr {s['lr']:g}, C {s['head_start_c']:g}**.", "",
             markdown_table(headers, rows), "",
             "Per split, accuracy % of each model at the levels it was trained for (same columns):", "",
             markdown_table(["split seed", "setting", *headers[3:-1]], per_split), ""]
+
+
+def setting_label(setting: dict) -> str:
+    """'100, 2 x 8, lr 0.001, C 0.2': training images, epochs x batch, lr and the head start's C of a cell or setting."""
+    return (f"{setting['n_train']}, {setting['epochs']} x {setting['batch_size']}, lr {setting['lr']:g}, "
+            f"C {setting['head_start_c']:g}")
 
 
 FEATURE_VARIANTS = (("fine-tuned", "fine-tuned"), ("re-probed", f"re-probed (head refitted, C = {PROBE_C:g})"),

@@ -224,27 +224,35 @@ def test_quick_demo_recipe_chooses_among_the_settings_that_fit_the_demo_time() -
 
 
 def test_quick_demo_recipe_pools_every_run_per_setting() -> None:
-    """Two runs' files: a setting's margin is the mean over its splits of accuracy minus that split's probe, and its
-    interval the t-interval of those differences (worked out here by hand)."""
+    """Three runs' files: a setting's margin is the mean over its splits of accuracy minus that split's probe, and its
+    interval the t-interval of those differences (worked out here by hand); a run on other data (more training
+    images) is a setting of its own, compared with its own probes."""
     from benchmarks.quick_demo_recipe import combined, summarise
 
-    def cell(split: int, epochs: int, none: float) -> dict:
+    def cell(split: int, epochs: int, none: float, n_train: int = 100) -> dict:
         scores = {"0.0": none, "0.5": 50.0, "1.0": 40.0}
-        return {"split_seed": split, "epochs": epochs, "batch_size": 16, "lr": 1e-3, "head_start_c": 1.0, "n_train": 100,
-                "n_val": 300, "none": {"0.0": none}, "tome": scores, "pyra": scores}
+        return {"split_seed": split, "epochs": epochs, "batch_size": 16, "lr": 1e-3, "head_start_c": 1.0,
+                "n_train": n_train, "n_val": 300, "none": {"0.0": none}, "tome": scores, "pyra": scores}
 
     probe = {"0.0": 60.0, "0.5": 50.0, "1.0": 40.0}
+    stronger_probe = {"0.0": 64.0, "0.5": 50.0, "1.0": 40.0}  # split 1 with 200 training images
     runs = [{"cells": [cell(1, 2, 61.0), cell(2, 2, 63.0)], "probe": {"1": probe, "2": probe}},
-            {"cells": [cell(1, 3, 59.0)], "probe": {"1": probe}}]
-    summary = summarise(*combined(runs))
-    two = summary["epochs=2 batch=16 lr=0.001 C=1"]
+            {"cells": [cell(1, 3, 59.0)], "probe": {"1": probe}},
+            {"cells": [cell(1, 2, 62.0, n_train=200)], "probe": {"1": stronger_probe}}]
+    summary = summarise(combined(runs))
+    assert set(summary) == {"train=100 epochs=2 batch=16 lr=0.001 C=1", "train=100 epochs=3 batch=16 lr=0.001 C=1",
+                            "train=200 epochs=2 batch=16 lr=0.001 C=1"}
+    two = summary["train=100 epochs=2 batch=16 lr=0.001 C=1"]
     assert two["margin_over_probe"]["none@0.0"] == pytest.approx(2.0)  # (1 + 3) / 2
     half_width = 12.706205 * math.sqrt(2.0) / math.sqrt(2)  # t(0.975, 1) x sd / sqrt(n), sd of (1, 3) = sqrt(2)
     assert two["margin_interval"]["none@0.0"] == pytest.approx([2.0 - half_width, 2.0 + half_width], abs=0.01)
     assert two["steps"] == 14 and two["images_seen"] == 200
-    three = summary["epochs=3 batch=16 lr=0.001 C=1"]
+    three = summary["train=100 epochs=3 batch=16 lr=0.001 C=1"]
     assert three["margin_over_probe"]["none@0.0"] == pytest.approx(-1.0) and three["margin_interval"]["none@0.0"] is None
     assert three["worst_margin_over_probe"] == pytest.approx(-1.0) and three["images_seen"] == 300
+    more = summary["train=200 epochs=2 batch=16 lr=0.001 C=1"]
+    assert more["margin_over_probe"]["none@0.0"] == pytest.approx(-2.0)  # 62 - 64, not 62 - 60
+    assert more["steps"] == 26 and more["images_seen"] == 400
 
 
 def test_space_abuse_quick_holds_its_bounds(tmp_path: Path) -> None:
